@@ -1,0 +1,89 @@
+"""Step-size convergence study (SPEC section 3, issue 2).
+
+K_par and K_perp at t Omega = 1000 against Omega dt for r_L = 0.1 L_c, sigma2 = 1,
+the paper's spectrum with 256 modes. The same realisations and particles are used at
+every step size, so the *paired* change of K between two step sizes is measured far
+more precisely than K itself; it is compared with the statistical error of K.
+
+    python benchmarks/step_convergence.py [--nside 2] [--realisations 32] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from crsky.config import resolve_config
+from crsky.simulate import backtrack, pixel_directions, snapshot_schedule
+from crsky.turbulence import make_modes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nside", type=int, default=2)
+    ap.add_argument("--realisations", type=int, default=32)
+    ap.add_argument("--t-max", type=float, default=1000.0)
+    ap.add_argument("--dts", type=float, nargs="+", default=[0.4, 0.2, 0.1, 0.05, 0.025, 0.0125])
+    ap.add_argument("--out", default="convergence.json")
+    args = ap.parse_args()
+
+    cfg = resolve_config({"turbulence": {"n_modes": 256}, "particles": {"nside": args.nside, "rl": 0.1}})
+    dirs = pixel_directions(args.nside)
+    rl = cfg.particles.rl
+    times = [100.0, 300.0, args.t_max]
+    # per dt: per realisation K_par, K_perp at each time
+    results = {}
+    for dt in args.dts:
+        steps = np.rint(np.array(times) / dt).astype(np.int64)
+        k_par = np.empty((args.realisations, len(times)))
+        k_perp = np.empty_like(k_par)
+        start = time.perf_counter()
+        for j in range(args.realisations):
+            modes = make_modes(cfg.turbulence, 0, j)
+            x, _ = backtrack(dirs, modes, rl, dt, steps)
+            t_code = steps * dt * rl  # T in L_c / c
+            k_par[j] = (x[:, :, 2] ** 2).mean(axis=1) / (2 * t_code)
+            k_perp[j] = 0.5 * (x[:, :, 0] ** 2 + x[:, :, 1] ** 2).mean(axis=1) / (2 * t_code)
+        seconds = time.perf_counter() - start
+        results[dt] = (k_par, k_perp, seconds)
+        print(f"dt={dt:<7} K_par(1000)={k_par[:, -1].mean():.4f}+-{k_par[:, -1].std(ddof=1)/np.sqrt(args.realisations):.4f} "
+              f"K_perp(1000)={k_perp[:, -1].mean():.5f}+-{k_perp[:, -1].std(ddof=1)/np.sqrt(args.realisations):.5f} "
+              f"({seconds:.0f} s)", flush=True)
+
+    ref = min(args.dts)
+    n = args.realisations
+    table = []
+    for dt in sorted(args.dts, reverse=True):
+        k_par, k_perp, seconds = results[dt]
+        row = {"dt": dt, "seconds": seconds, "t_omega": times}
+        for name, k, kref in (("K_par", k_par, results[ref][0]), ("K_perp", k_perp, results[ref][1])):
+            row[name] = k.mean(axis=0).tolist()
+            row[name + "_err"] = (k.std(axis=0, ddof=1) / np.sqrt(n)).tolist()
+            d = k - kref
+            row[name + "_minus_ref"] = d.mean(axis=0).tolist()
+            row[name + "_minus_ref_err"] = (d.std(axis=0, ddof=1) / np.sqrt(n)).tolist()
+            half = dt / 2
+            if half in results:
+                dh = k - (results[half][0] if name == "K_par" else results[half][1])
+                row[name + "_halving_change"] = dh.mean(axis=0).tolist()
+                row[name + "_halving_change_err"] = (dh.std(axis=0, ddof=1) / np.sqrt(n)).tolist()
+        table.append(row)
+    meta = {"nside": args.nside, "realisations": n, "rl": rl, "sigma2": 1.0, "n_modes": 256,
+            "reference_dt": ref, "rows": table}
+    with open(args.out, "w") as fh:
+        json.dump(meta, fh, indent=1)
+    print(f"\n{'dt':>8} {'K_par':>16} {'dK_par(halving)':>22} {'K_perp':>18} {'dK_perp(halving)':>22}")
+    for row in table:
+        hp_ = row.get("K_par_halving_change", [np.nan] * 3)[-1]
+        hpe = row.get("K_par_halving_change_err", [np.nan] * 3)[-1]
+        hq = row.get("K_perp_halving_change", [np.nan] * 3)[-1]
+        hqe = row.get("K_perp_halving_change_err", [np.nan] * 3)[-1]
+        print(f"{row['dt']:>8} {row['K_par'][-1]:>9.4f}+-{row['K_par_err'][-1]:.4f} {hp_:>+12.5f}+-{hpe:.5f} "
+              f"{row['K_perp'][-1]:>10.5f}+-{row['K_perp_err'][-1]:.5f} {hq:>+12.6f}+-{hqe:.6f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The ``crsky`` command line (SPEC section 7).
+
+Exit codes: 0 on success, 2 on bad input (one line on stderr naming the problem, no
+traceback), 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _cmd_run(args) -> int:
+    from .config import load_config
+    from .ensemble import run_ensemble
+
+    config = load_config(args.config, preset=args.preset)
+    store = run_ensemble(
+        config, args.out, backend=args.backend, workers=args.workers,
+        scheduler=args.scheduler, force=args.force, progress=not args.quiet,
+    )
+    done = len(store.completed())
+    print(f"crsky run: {done}/{config.ensemble.realisations} realisations complete in {store.path}")
+    return 0
+
+
+def _cmd_bgk(args) -> int:
+    from .bgk import bgk_ratio
+
+    ratio = bgk_ratio(args.p, args.lmax)
+    ells = list(range(1, args.lmax + 1))
+    if args.json:
+        print(json.dumps({"p": args.p, "ell": ells, "ratio": [float(r) for r in ratio]}))
+    else:
+        print(f"# BGK ansatz v_r(x) = nu (1 - x)^p, p = {args.p}: C_l / C_1")
+        print(f"{'l':>6}  {'C_l/C_1':>22}")
+        for ell, r in zip(ells, ratio):
+            print(f"{ell:>6}  {r:>22.15e}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import format_table, run_benchmarks
+
+    results = run_benchmarks(backend=args.backend, quick=args.quick, progress=not args.json)
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crsky", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"crsky {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run", help="backtrack an ensemble of realisations into a run directory (resumes)",
+        description="Backtrack cosmic rays through an ensemble of turbulent-field realisations. "
+        "A config file overrides the preset key by key; an existing RUN_DIR of the same "
+        "configuration is resumed.",
+    )
+    run.add_argument("config", nargs="?", help="TOML configuration file (optional)")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                     help="base configuration that CONFIG overrides (default: quick)")
+    run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
+    group.add_argument("--workers", type=_positive_int, default=1,
+                       help="local worker processes (default 1: this process, all cores)")
+    run.add_argument("--force", action="store_true",
+                     help="delete an existing run of another configuration in RUN_DIR and start over")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (seed eq. 4.7)",
+                         description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
+    bgk.add_argument("--p", type=float, required=True, help="exponent p, 0 < p < 1")
+    bgk.add_argument("--lmax", type=int, required=True, help="largest multipole, >= 1")
+    bgk.add_argument("--json", action="store_true", help="print JSON")
+    bgk.set_defaults(func=_cmd_bgk)
+
+    bench = sub.add_parser("bench", help="kernel throughput (mode evaluations per second)",
+                           description="Measure mode evaluations and particle steps per second "
+                           "for 64, 256 and 1024 modes; compile time is reported separately.")
+    bench.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="cpu")
+    bench.add_argument("--quick", action="store_true", help="fewer, shorter cases")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``crsky`` command; returns the exit code."""
+    from .backends import BackendError
+    from .config import ConfigError
+    from .store import RunDirError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except (UsageError, ConfigError, RunDirError, BackendError, ValueError) as exc:
+        print(f"crsky: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crsky: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        import traceback
+
+        traceback.print_exc()
+        print(f"crsky: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Validated, immutable run configuration: TOML in and out, presets.
+
+All values are in code units (SPEC section 1): lengths in the turbulence bend-over
+scale ``L_c``, times as ``t * Omega``, field strengths in units of ``B0``. The only
+physical units accepted are the alternative particle description
+(``energy_tev``, ``charge``, ``b0_microgauss``, ``lc_pc``), converted to ``rl`` at
+the boundary by :func:`crsky.units.gyroradius_lc`.
+
+A configuration is built from a preset (``quick`` by default) that a TOML file
+overrides key by key. Every value is checked before any work starts; a bad value
+raises :class:`ConfigError` with one line naming the key and its allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from . import units
+
+__all__ = [
+    "ConfigError",
+    "TurbulenceConfig",
+    "ParticlesConfig",
+    "IntegrationConfig",
+    "EnsembleConfig",
+    "OutputConfig",
+    "RunConfig",
+    "PRESETS",
+    "DEFAULT_DT",
+    "load_config",
+    "resolve_config",
+]
+
+#: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md.
+DEFAULT_DT = 0.05
+
+GEOMETRIES = ("isotropic", "slab", "2d", "composite")
+PRECISIONS = ("float64", "float32")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class TurbulenceConfig:
+    """The turbulent field (SPEC section 2).
+
+    Attributes
+    ----------
+    geometry : str
+        ``isotropic`` (3D), ``slab`` (k along B0), ``2d`` (k perpendicular to B0) or
+        ``composite`` (slab + 2D).
+    slab_fraction : float
+        Composite only: fraction of ``sigma2`` carried by the slab modes, in [0, 1].
+    sigma2 : float
+        Turbulence level ``<dB^2> / B0^2`` (dimensionless).
+    gamma : float
+        Spectral index of the isotropic 3D spectrum ``1 / (1 + (k L_c)^gamma)``.
+    lambda_min, lambda_max : float
+        Smallest and largest wavelength, in ``L_c``.
+    n_modes : int
+        Number of plane-wave modes.
+    """
+
+    geometry: str = "isotropic"
+    slab_fraction: float = 0.2
+    sigma2: float = 1.0
+    gamma: float = 11.0 / 3.0
+    lambda_min: float = 0.01
+    lambda_max: float = 100.0
+    n_modes: int = 256
+
+
+@dataclass(frozen=True)
+class ParticlesConfig:
+    """The traced particles.
+
+    Attributes
+    ----------
+    rl : float
+        Gyroradius in B0 alone, ``r_L / L_c``. Either this or the four physical keys.
+    nside : int
+        HEALPix resolution; ``12 nside^2`` particles per realisation.
+    charge : int
+        Charge number ``Z`` of the observed cosmic ray (its sign sets the sense of
+        gyration; backtracking traces charge ``-Z``).
+    energy_tev, b0_microgauss, lc_pc : float or None
+        Physical alternative to ``rl``: energy in TeV, B0 in microgauss, L_c in pc.
+    """
+
+    rl: float = 0.1
+    nside: int = 32
+    charge: int = 1
+    energy_tev: float | None = None
+    b0_microgauss: float | None = None
+    lc_pc: float | None = None
+
+    @property
+    def n_particles(self) -> int:
+        return 12 * self.nside**2
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    """Time stepping (SPEC section 3).
+
+    Attributes
+    ----------
+    dt : float
+        Step ``Omega * dt``.
+    t_max : float
+        ``Omega * T`` of the last snapshot.
+    n_snapshots : int
+        Number of snapshots, log-spaced from ``t_min`` to ``t_max``.
+    t_min : float
+        ``Omega * T`` of the first snapshot.
+    """
+
+    dt: float = DEFAULT_DT
+    t_max: float = 2000.0
+    n_snapshots: int = 40
+    t_min: float = 0.1
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The ensemble of field realisations.
+
+    Attributes
+    ----------
+    realisations : int
+        Number of independent field realisations.
+    seed : int
+        Run seed; realisation ``j`` is generated from ``(seed, j)`` alone.
+    """
+
+    realisations: int = 120
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What is stored per realisation.
+
+    Attributes
+    ----------
+    precision : str
+        ``float64`` or ``float32`` for stored positions and momenta (the integration is
+        always float64).
+    """
+
+    precision: str = "float64"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A complete, validated run configuration."""
+
+    turbulence: TurbulenceConfig = field(default_factory=TurbulenceConfig)
+    particles: ParticlesConfig = field(default_factory=ParticlesConfig)
+    integration: IntegrationConfig = field(default_factory=IntegrationConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dictionary (TOML tables), without unset optional keys."""
+        out = {}
+        for f in dataclasses.fields(self):
+            table = dataclasses.asdict(getattr(self, f.name))
+            out[f.name] = {k: v for k, v in table.items() if v is not None}
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved configuration as TOML text."""
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        """The resolved configuration as one JSON string (for file attributes)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved configuration; identifies a run's physics."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @property
+    def charge_sign(self) -> int:
+        """Sign of the observed particle's charge, +1 or -1."""
+        return 1 if self.particles.charge > 0 else -1
+
+
+_SECTIONS = {
+    "turbulence": TurbulenceConfig,
+    "particles": ParticlesConfig,
+    "integration": IntegrationConfig,
+    "ensemble": EnsembleConfig,
+    "output": OutputConfig,
+}
+
+#: Preset overrides on top of the dataclass defaults (which are the paper's physics).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Minutes on a 2-core laptop; same physics as the paper, fewer modes, pixels,
+    # realisations and a shorter end time (still past the t Omega ~ 100 steady state).
+    "quick": {
+        "turbulence": {"n_modes": 128},
+        "particles": {"nside": 8},
+        "integration": {"t_max": 300.0, "n_snapshots": 24},
+        "ensemble": {"realisations": 16},
+    },
+    # SPEC section 6: the experiment of Mertsch & Ahlers (2015).
+    "paper": {
+        "turbulence": {"n_modes": 256},
+        "particles": {"nside": 32},
+        "integration": {"t_max": 2000.0, "n_snapshots": 40},
+        "ensemble": {"realisations": 120},
+    },
+}
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
+    where = f"[{section}] {key}"
+    if expected in ("float", "float | None"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: must be a number, got {_type_name(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} = {value!r}: must be a finite number")
+        return value
+    if expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: must be an integer, got {_type_name(value)}")
+        return value
+    if expected == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: must be a string, got {_type_name(value)}")
+        return value
+    raise AssertionError(f"unhandled type {expected} for {where}")  # pragma: no cover
+
+
+def _merge(base: dict, override: dict, origin: str) -> dict:
+    merged = {name: dict(base.get(name, {})) for name in _SECTIONS}
+    for name, table in override.items():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"unknown section [{name}] in {origin}; allowed: {', '.join(_SECTIONS)}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name} in {origin} must be a table [{name}]")
+        allowed = {f.name for f in dataclasses.fields(_SECTIONS[name])}
+        for key, value in table.items():
+            if key not in allowed:
+                raise ConfigError(
+                    f"unknown key [{name}] {key} in {origin}; allowed: {', '.join(sorted(allowed))}"
+                )
+            merged[name][key] = value
+    return merged
+
+
+def _range(cond: bool, section: str, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"[{section}] {key} = {value!r}: must be {allowed}")
+
+
+def _validate(cfg: RunConfig) -> RunConfig:
+    t, p, i, e, o = cfg.turbulence, cfg.particles, cfg.integration, cfg.ensemble, cfg.output
+    _range(t.geometry in GEOMETRIES, "turbulence", "geometry", t.geometry, "one of " + ", ".join(GEOMETRIES))
+    _range(0.0 <= t.slab_fraction <= 1.0, "turbulence", "slab_fraction", t.slab_fraction, "in [0, 1]")
+    _range(t.sigma2 >= 0.0, "turbulence", "sigma2", t.sigma2, ">= 0")
+    _range(t.gamma > 0.0, "turbulence", "gamma", t.gamma, "> 0")
+    _range(t.lambda_min > 0.0, "turbulence", "lambda_min", t.lambda_min, "> 0 (in L_c)")
+    _range(
+        t.lambda_max > t.lambda_min, "turbulence", "lambda_max", t.lambda_max,
+        f"> lambda_min = {t.lambda_min} (in L_c)",
+    )
+    _range(t.n_modes >= 1, "turbulence", "n_modes", t.n_modes, ">= 1")
+    if t.geometry == "composite":
+        _range(t.n_modes >= 2, "turbulence", "n_modes", t.n_modes, ">= 2 for the composite geometry")
+    _range(p.rl > 0.0, "particles", "rl", p.rl, "> 0 (r_L / L_c)")
+    _range(
+        p.nside >= 1 and (p.nside & (p.nside - 1)) == 0 and p.nside <= 8192,
+        "particles", "nside", p.nside, "a power of 2 between 1 and 8192",
+    )
+    _range(p.charge != 0, "particles", "charge", p.charge, "a non-zero integer (charge number Z)")
+    _range(i.dt > 0.0, "integration", "dt", i.dt, "> 0 (Omega * dt)")
+    _range(i.t_max > 0.0, "integration", "t_max", i.t_max, "> 0 (Omega * T)")
+    _range(i.t_min > 0.0, "integration", "t_min", i.t_min, "> 0 (Omega * T)")
+    _range(i.t_min <= i.t_max, "integration", "t_min", i.t_min, f"<= t_max = {i.t_max}")
+    _range(i.n_snapshots >= 1, "integration", "n_snapshots", i.n_snapshots, ">= 1")
+    _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
+    n_steps = round(i.t_max / i.dt)
+    _range(
+        n_steps >= i.n_snapshots, "integration", "n_snapshots", i.n_snapshots,
+        f"<= the number of steps t_max / dt = {n_steps}",
+    )
+    _range(e.realisations >= 1, "ensemble", "realisations", e.realisations, ">= 1")
+    _range(0 <= e.seed < 2**63, "ensemble", "seed", e.seed, "an integer in [0, 2^63)")
+    _range(o.precision in PRECISIONS, "output", "precision", o.precision, "one of " + ", ".join(PRECISIONS))
+    return cfg
+
+
+def _resolve_particles(table: dict) -> dict:
+    physical = ("energy_tev", "b0_microgauss", "lc_pc")
+    given = [k for k in physical if table.get(k) is not None]
+    if not given:
+        return table
+    if len(given) != len(physical):
+        missing = [k for k in physical if k not in given]
+        raise ConfigError(
+            f"[particles] {', '.join(missing)} missing: energy_tev, b0_microgauss and lc_pc "
+            "must be given together (or give rl alone)"
+        )
+    for key in physical:
+        _range(table[key] > 0.0, "particles", key, table[key], "> 0")
+    table = dict(table)
+    table["rl"] = units.gyroradius_lc(
+        table["energy_tev"], table.get("charge", 1), table["b0_microgauss"], table["lc_pc"]
+    )
+    return table
+
+
+def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config") -> RunConfig:
+    """Build a validated :class:`RunConfig` from a preset and key-by-key overrides.
+
+    Parameters
+    ----------
+    overrides : dict, optional
+        Nested tables as read from TOML (``{"particles": {"nside": 16}}``).
+    preset : {"quick", "paper"}
+        The base the overrides apply to.
+    origin : str
+        Where the overrides came from, for error messages.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown preset, section or key, a wrong type or an out-of-range value.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    merged = _merge(_merge({}, PRESETS[preset], f"preset {preset}"), overrides or {}, origin)
+    if "rl" in (overrides or {}).get("particles", {}) and any(
+        k in (overrides or {}).get("particles", {}) for k in ("energy_tev", "b0_microgauss", "lc_pc")
+    ):
+        raise ConfigError("[particles] give either rl or (energy_tev, b0_microgauss, lc_pc), not both")
+    merged["particles"] = _resolve_particles(merged["particles"])
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in merged[name]:
+                kwargs[f.name] = _check_type(name, f.name, merged[name][f.name], f.type)
+        sections[name] = cls(**kwargs)
+    return _validate(RunConfig(**sections))
+
+
+def load_config(path: str | Path | None = None, preset: str = "quick") -> RunConfig:
+    """Read a TOML file (optional) over a preset and validate it.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or malformed (the message carries the TOML parser's
+        line and column) or any value is invalid.
+    """
+    if path is None:
+        return resolve_config(None, preset)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+    return resolve_config(data, preset, origin=str(path))
+
+
+def config_from_toml_text(text: str) -> RunConfig:
+    """Re-read a resolved configuration written by :meth:`RunConfig.to_toml`."""
+    data = tomllib.loads(text)
+    # A resolved config carries rl and the physical keys together: drop the physical
+    # keys so that rl (already resolved) is taken as it is.
+    particles = data.get("particles", {})
+    physical = {k: particles.pop(k) for k in ("energy_tev", "b0_microgauss", "lc_pc") if k in particles}
+    cfg = resolve_config(data, "quick", origin="resolved config")
+    if physical:
+        cfg = dataclasses.replace(cfg, particles=dataclasses.replace(cfg.particles, **physical))
+    return cfg

@@ -1,0 +1,154 @@
+"""One realisation: HEALPix directions -> snapshots of ``x(-T)`` and ``p(-T)``
+(SPEC section 3).
+
+A cosmic ray observed at the origin at ``t = 0`` with momentum direction ``p`` is
+traced back in time. Backtracking a charge ``q`` is forward integration of charge
+``-q`` from the origin with initial velocity ``-p``; the momentum direction at
+``t = -T`` is minus the traced velocity at ``tau = Omega T``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import healpy as hp
+import numpy as np
+
+from .backends import get_backend
+from .config import RunConfig
+from .turbulence import make_modes
+
+__all__ = [
+    "pixel_directions",
+    "snapshot_schedule",
+    "trace",
+    "backtrack",
+    "Realisation",
+    "simulate_realisation",
+]
+
+
+def pixel_directions(nside: int) -> np.ndarray:
+    """Unit vectors of the HEALPix pixel centres, RING ordering, shape ``(12 nside^2, 3)``."""
+    return np.ascontiguousarray(np.stack(hp.pix2vec(nside, np.arange(hp.nside2npix(nside))), axis=1))
+
+
+def snapshot_schedule(t_min: float, t_max: float, n_snapshots: int, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Log-spaced snapshot times, rounded to whole steps.
+
+    Parameters
+    ----------
+    t_min, t_max : float
+        First and last snapshot, ``Omega * T``.
+    n_snapshots : int
+        Number of snapshots (``1`` gives ``t_max`` alone).
+    dt : float
+        Step ``Omega * dt``.
+
+    Returns
+    -------
+    steps : numpy.ndarray of int64
+        Strictly increasing step counts (at least 1); where rounding would repeat a
+        count the later snapshot moves up by whole steps.
+    times : numpy.ndarray of float64
+        The actual snapshot times ``steps * dt`` (``Omega * T``).
+    """
+    if n_snapshots == 1:
+        targets = np.array([t_max])
+    else:
+        targets = np.geomspace(t_min, t_max, n_snapshots)
+    steps = np.maximum(np.rint(targets / dt).astype(np.int64), 1)
+    for j in range(1, len(steps)):
+        steps[j] = max(steps[j], steps[j - 1] + 1)
+    return steps, steps * dt
+
+
+def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend="cpu"):
+    """Forward integration of particles of charge sign ``sign`` (no reversal).
+
+    Parameters
+    ----------
+    positions, velocities : array_like, shape (n, 3)
+        Initial positions (``L_c``) and unit velocities.
+    modes : numpy.ndarray, shape (7, N)
+        Field realisation (:func:`crsky.turbulence.make_modes`).
+    rl : float
+        ``r_L / L_c``.
+    dt : float
+        Step ``Omega * dt``.
+    snapshot_steps : array_like of int
+        Strictly increasing step counts to record.
+    sign : int
+        Charge sign of the traced particle.
+    backend : str
+        ``cpu``, ``cuda`` or ``auto``.
+
+    Returns
+    -------
+    positions, velocities : numpy.ndarray, shape (m, n, 3)
+    """
+    steps = np.asarray(snapshot_steps, dtype=np.int64)
+    if steps.ndim != 1 or len(steps) == 0 or steps[0] < 0 or np.any(np.diff(steps) <= 0):
+        raise ValueError("snapshot_steps must be a non-empty, strictly increasing sequence of steps >= 0")
+    return get_backend(backend).trace(positions, velocities, modes, float(sign), dt, rl, steps)
+
+
+def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu"):
+    """Backtrack cosmic rays observed at the origin with momentum ``directions``.
+
+    Returns
+    -------
+    x : numpy.ndarray, shape (m, n, 3)
+        Positions ``x(-T_j)`` in ``L_c``.
+    p : numpy.ndarray, shape (m, n, 3)
+        Momentum directions ``p(-T_j)`` (unit vectors).
+    """
+    directions = np.asarray(directions, dtype=np.float64)
+    origin = np.zeros_like(directions)
+    x, u = trace(origin, -directions, modes, rl, dt, snapshot_steps, sign=-charge_sign, backend=backend)
+    return x, -u
+
+
+@dataclass(frozen=True)
+class Realisation:
+    """Result of one field realisation.
+
+    Attributes
+    ----------
+    index : int
+        Realisation index.
+    t_omega : numpy.ndarray, shape (m,)
+        Snapshot times ``Omega T``.
+    x : numpy.ndarray, shape (m, npix, 3)
+        ``x(-T)`` in ``L_c`` for each pixel (RING order).
+    p : numpy.ndarray, shape (m, npix, 3)
+        ``p(-T)``, unit vectors.
+    seconds : float
+        Wall time of the integration.
+    backend : str
+        Backend that ran it.
+    """
+
+    index: int
+    t_omega: np.ndarray
+    x: np.ndarray
+    p: np.ndarray
+    seconds: float
+    backend: str
+
+
+def simulate_realisation(config: RunConfig, index: int, backend: str = "cpu") -> Realisation:
+    """Backtrack all pixels of realisation ``index`` of a run (SPEC section 3)."""
+    from .backends import resolve_backend
+
+    backend = resolve_backend(backend)
+    integ = config.integration
+    steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
+    modes = make_modes(config.turbulence, config.ensemble.seed, index)
+    start = time.perf_counter()
+    x, p = backtrack(
+        pixel_directions(config.particles.nside), modes, config.particles.rl, integ.dt, steps,
+        charge_sign=config.charge_sign, backend=backend,
+    )
+    return Realisation(index, times, x, p, time.perf_counter() - start, backend)

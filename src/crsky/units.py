@@ -1,0 +1,42 @@
+"""Physical quantities to code units, at the boundary only (SPEC section 1).
+
+Inside crsky lengths are in ``L_c``, speeds in ``c``, field strengths in ``B0`` and
+times are quoted as ``t * Omega`` with ``Omega = c / r_L``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["RL_PC_PER_TEV_PER_MICROGAUSS", "gyroradius_pc", "gyroradius_lc", "time_to_lc_over_c"]
+
+#: ``r_L / pc`` of a Z = 1 ultra-relativistic particle of 1 TeV in 1 microgauss:
+#: ``E / (e B c)`` = 1e12 V / (2.9979e8 m/s * 1e-10 T) = 3.3356e13 m = 1.0810e-3 pc.
+RL_PC_PER_TEV_PER_MICROGAUSS = 1.0810e-3
+
+
+def gyroradius_pc(energy_tev: float, charge: int, b0_microgauss: float) -> float:
+    """Gyroradius ``r_L = E / (|Z| e B0 c)`` in parsec.
+
+    Parameters
+    ----------
+    energy_tev : float
+        Particle energy in TeV (ultra-relativistic, ``E = p c``).
+    charge : int
+        Charge number Z (only ``|Z|`` enters).
+    b0_microgauss : float
+        Regular field strength in microgauss.
+    """
+    return RL_PC_PER_TEV_PER_MICROGAUSS * energy_tev / (abs(charge) * b0_microgauss)
+
+
+def gyroradius_lc(energy_tev: float, charge: int, b0_microgauss: float, lc_pc: float) -> float:
+    """Gyroradius in units of the bend-over scale, ``r_L / L_c`` (dimensionless)."""
+    return gyroradius_pc(energy_tev, charge, b0_microgauss) / lc_pc
+
+
+def time_to_lc_over_c(t_omega: float, rl: float) -> float:
+    """Convert ``t * Omega`` to time in units of ``L_c / c``: ``t = (t Omega) r_L / c``."""
+    if not math.isfinite(t_omega):
+        raise ValueError(f"t_omega = {t_omega!r} must be finite")
+    return t_omega * rl
