@@ -1,0 +1,106 @@
+"""The command line: exit codes and one-line messages (SPEC section 7)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crsky.cli import main
+
+TINY_TOML = """
+[turbulence]
+n_modes = 8
+[particles]
+nside = 1
+[integration]
+t_max = 2.0
+n_snapshots = 3
+[ensemble]
+realisations = 2
+"""
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_then_resume(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML)
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli([ "run", str(cfg), "--out", str(out), "--backend", "cpu", "--quiet"], capsys)
+    assert code == 0 and "2/2 realisations complete" in stdout
+    assert (out / "realisations" / "r000001.nc").exists()
+    code, stdout, _ = run_cli(["run", str(cfg), "--out", str(out), "--backend", "cpu", "--quiet"], capsys)
+    assert code == 0
+    assert json.loads((out / "manifest.json").read_text())["sessions"][-1]["pending"] == 0
+
+
+BAD_ARGS = [
+    (["run", "--out", "X", "--preset", "huge"], "invalid choice"),
+    (["run", "CFG", "--out", "X", "--workers", "0"], "must be >= 1"),
+    (["run", "missing.toml", "--out", "X"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+    (["run", "CFG"], "--out"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGS)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "CFG").write_text(TINY_TOML)
+    args = [str(tmp_path / a) if a in ("CFG", "X", "missing.toml") else a for a in args]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[particles]\nnside = 3\n", "[particles] nside = 3: must be a power of 2"),
+        ("[particles]\nnside = \n", "malformed TOML"),
+        ("[extra]\nfoo = 1\n", "unknown section [extra]"),
+        ("[integration]\ndt = 'small'\n", "[integration] dt = 'small': must be a number"),
+    ],
+)
+def test_bad_config_exit_2(tmp_path, capsys, toml, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    code, _, err = run_cli(["run", str(cfg), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # validated before any work or any file
+
+
+def test_cuda_without_gpu_is_an_error_not_a_cpu_run(tmp_path, capsys, monkeypatch):
+    import crsky.backends as backends
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    code, _, err = run_cli(["run", "--out", str(tmp_path / "r"), "--backend", "cuda"], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_config_on_existing_run_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML)
+    out = str(tmp_path / "run")
+    assert run_cli(["run", str(cfg), "--out", out, "--backend", "cpu", "--quiet"], capsys)[0] == 0
+    cfg.write_text(TINY_TOML.replace("n_modes = 8", "n_modes = 9"))
+    code, _, err = run_cli(["run", str(cfg), "--out", out, "--backend", "cpu", "--quiet"], capsys)
+    assert code == 2 and "different configuration" in err and "--force" in err
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(["run", "--out", str(blocker / "run"), "--backend", "cpu"], capsys)
+    assert code == 2 and "cannot write run directory" in err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "crsky.cli", "run", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--preset" in result.stdout

@@ -1,0 +1,112 @@
+"""The run directory: resume, refusal of other configs, corruption detection."""
+
+import json
+
+import numpy as np
+import pytest
+
+from crsky.config import resolve_config
+from crsky.ensemble import run_ensemble
+from crsky.store import RunDirError, RunStore
+
+TINY = {
+    "turbulence": {"n_modes": 8},
+    "particles": {"nside": 1},
+    "integration": {"t_max": 2.0, "n_snapshots": 3, "dt": 0.05},
+    "ensemble": {"realisations": 4},
+}
+
+
+@pytest.fixture
+def cfg():
+    return resolve_config(TINY)
+
+
+def test_resume_keeps_completed_realisations(tmp_path, cfg):
+    run = tmp_path / "run"
+    store = run_ensemble(cfg, run, backend="cpu", progress=False)
+    before = {j: store.realisation_path(j).stat().st_mtime_ns for j in range(4)}
+    manifest = store.manifest()
+    del manifest["realisations"]["2"]  # as if killed before realisation 2 was recorded
+    store._write_manifest(manifest)
+    store.realisation_path(2).unlink()
+    store = run_ensemble(cfg, run, backend="cpu", progress=False)
+    assert store.completed() == [0, 1, 2, 3]
+    for j in (0, 1, 3):  # never recomputed or rewritten
+        assert store.realisation_path(j).stat().st_mtime_ns == before[j]
+    sessions = store.manifest()["sessions"]
+    assert [s["pending"] for s in sessions] == [4, 1]
+
+
+def test_corrupted_file_is_detected_and_recomputed(tmp_path, cfg):
+    run = tmp_path / "run"
+    store = run_ensemble(cfg, run, backend="cpu", progress=False)
+    reference = store.read_realisation(1)["x"].values.copy()
+    path = store.realisation_path(1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store.realisation_path(3).write_bytes(store.realisation_path(3).read_bytes()[:100])  # truncated
+    store = run_ensemble(cfg, run, backend="cpu", progress=False)
+    assert store.completed() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(store.read_realisation(1)["x"].values, reference)
+    assert len(list((run / "realisations").glob("*.bad-*"))) == 2  # kept aside, never read
+
+
+def test_complete_unrecorded_file_is_adopted(tmp_path, cfg):
+    run = tmp_path / "run"
+    store = run_ensemble(cfg, run, backend="cpu", progress=False)
+    manifest = store.manifest()
+    del manifest["realisations"]["0"]
+    store._write_manifest(manifest)
+    mtime = store.realisation_path(0).stat().st_mtime_ns
+    store = RunStore.open(run, cfg)
+    assert 0 in store.completed()
+    assert store.realisation_path(0).stat().st_mtime_ns == mtime
+
+
+def test_leftover_temporary_files_are_removed(tmp_path, cfg):
+    run = tmp_path / "run"
+    store = RunStore.open(run, cfg)
+    (run / "realisations" / "r000000.nc.abc.tmp").write_bytes(b"half")
+    RunStore.open(run, cfg)
+    assert not list((run / "realisations").glob("*.tmp"))
+    assert store.completed() == []
+
+
+def test_other_config_is_refused_and_force_starts_over(tmp_path, cfg):
+    run = tmp_path / "run"
+    run_ensemble(cfg, run, backend="cpu", progress=False)
+    other = resolve_config({**TINY, "ensemble": {"realisations": 4, "seed": 1}})
+    with pytest.raises(RunDirError, match=r"different configuration \(\[ensemble\] seed: stored 0, requested 1\)"):
+        RunStore.open(run, other)
+    store = run_ensemble(other, run, backend="cpu", progress=False, force=True)
+    assert store.config() == other and store.completed() == [0, 1, 2, 3]
+
+
+def test_refuses_non_run_directory_and_never_overwrites(tmp_path, cfg):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "thesis.tex").write_text("precious")
+    with pytest.raises(RunDirError, match="not a crsky run directory"):
+        RunStore.open(tmp_path / "stuff", cfg)
+    store = run_ensemble(cfg, tmp_path / "run", backend="cpu", progress=False)
+    ds = store.read_realisation(0)
+    with pytest.raises(RunDirError, match="refusing to overwrite"):
+        store.write_realisation(ds, 0)
+
+
+def test_manifest_has_provenance(tmp_path, cfg):
+    store = run_ensemble(cfg, tmp_path / "run", backend="cpu", progress=False)
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["config_sha256"] == cfg.digest()
+    s = m["sessions"][0]
+    for key in ("crsky_version", "numba_version", "backend", "seconds", "host", "executor"):
+        assert key in s
+    rec = m["realisations"]["0"]
+    assert rec["backend"] == "cpu" and rec["seconds"] > 0 and len(rec["sha256"]) == 64
+    assert store.read_realisation(0).attrs["seed"] == 0
+
+
+def test_existing_requires_a_run(tmp_path):
+    with pytest.raises(RunDirError, match="does not exist"):
+        RunStore.existing(tmp_path / "missing")
