@@ -20,27 +20,30 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backends import resolve_backend
 from .config import RunConfig, config_from_toml_text
-from .simulate import simulate_realisation
+from .simulate import batch_size, simulate_realisations
 from .store import RunStore, realisation_dataset
 
-__all__ = ["compute_realisation", "run_ensemble"]
+__all__ = ["compute_realisations", "run_ensemble"]
 
 
-def compute_realisation(run_dir: str, config_toml: str, index: int, backend: str) -> dict:
-    """Simulate realisation ``index`` and write it into ``run_dir``; return its record.
+def compute_realisations(run_dir: str, config_toml: str, indices: list[int], backend: str) -> dict[int, dict]:
+    """Simulate realisations ``indices``, write each into ``run_dir``; return their records.
 
     A plain function of picklable arguments, so that any executor (process pool,
-    Dask worker) can run it.
+    Dask worker) can run it. On the CUDA backend the realisations share one launch.
     """
     config = config_from_toml_text(config_toml)
-    result = simulate_realisation(config, index, backend)
-    ds = realisation_dataset(
-        config, index, result.t_omega, result.x, result.p,
-        attrs={"backend": result.backend, "seconds": result.seconds},
-    )
-    record = RunStore(run_dir).write_realisation(ds, index)
-    record.update(seconds=result.seconds, backend=result.backend)
-    return record
+    store = RunStore(run_dir)
+    records = {}
+    for result in simulate_realisations(config, indices, backend):
+        ds = realisation_dataset(
+            config, result.index, result.t_omega, result.x, result.p,
+            attrs={"backend": result.backend, "seconds": result.seconds},
+        )
+        record = store.write_realisation(ds, result.index)
+        record.update(seconds=result.seconds, backend=result.backend)
+        records[result.index] = record
+    return records
 
 
 def _init_worker(threads: int) -> None:
@@ -103,30 +106,35 @@ def run_ensemble(
         if not pending:
             pass
         elif executor == "serial":
-            for index in pending:
-                store.record(index, compute_realisation(args[0], args[1], index, args[2]))
-                bar.update()
+            size = batch_size(config, backend)
+            for first in range(0, len(pending), size):
+                records = compute_realisations(args[0], args[1], pending[first:first + size], args[2])
+                for index, record in records.items():
+                    store.record(index, record)
+                bar.update(len(records))
         elif executor == "processes":
             import multiprocessing as mp
 
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(compute_realisation, args[0], args[1], j, args[2]): j for j in pending}
+                futures = [pool.submit(compute_realisations, args[0], args[1], [j], args[2]) for j in pending]
                 for future in as_completed(futures):
-                    store.record(futures[future], future.result())
+                    for index, record in future.result().items():
+                        store.record(index, record)
                     bar.update()
         else:
             from dask.distributed import Client, as_completed as dask_as_completed
 
             with Client(scheduler) as client:
-                futures = {
-                    client.submit(compute_realisation, args[0], args[1], j, args[2],
-                                  key=f"crsky-{config.digest()[:12]}-{j}", pure=False): j
+                futures = [
+                    client.submit(compute_realisations, args[0], args[1], [j], args[2],
+                                  key=f"crsky-{config.digest()[:12]}-{j}", pure=False)
                     for j in pending
-                }
+                ]
                 for future in dask_as_completed(futures):
-                    store.record(futures[future], future.result())
+                    for index, record in future.result().items():
+                        store.record(index, record)
                     bar.update()
     finally:
         bar.close()

@@ -26,6 +26,8 @@ __all__ = [
     "backtrack",
     "Realisation",
     "simulate_realisation",
+    "simulate_realisations",
+    "batch_size",
 ]
 
 
@@ -140,15 +142,43 @@ class Realisation:
 
 def simulate_realisation(config: RunConfig, index: int, backend: str = "cpu") -> Realisation:
     """Backtrack all pixels of realisation ``index`` of a run (SPEC section 3)."""
-    from .backends import resolve_backend
+    return simulate_realisations(config, [index], backend)[0]
+
+
+def batch_size(config: RunConfig, backend: str) -> int:
+    """Realisations per kernel launch: 1 on the CPU; on a GPU enough to give about
+    2^18 threads (a large GPU holds ~2^17-2^18 resident threads)."""
+    if backend != "cuda":
+        return 1
+    return max(1, (1 << 18) // config.particles.n_particles)
+
+
+def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> list[Realisation]:
+    """Backtrack several realisations; on the CUDA backend in one launch.
+
+    The result of each realisation does not depend on which others share its launch.
+    """
+    from .backends import get_backend, resolve_backend
 
     backend = resolve_backend(backend)
     integ = config.integration
     steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
-    modes = make_modes(config.turbulence, config.ensemble.seed, index)
+    directions = pixel_directions(config.particles.nside)
+    modes = [make_modes(config.turbulence, config.ensemble.seed, j) for j in indices]
+    sign = -config.charge_sign  # backtracking: the opposite charge, forward in time
     start = time.perf_counter()
-    x, p = backtrack(
-        pixel_directions(config.particles.nside), modes, config.particles.rl, integ.dt, steps,
-        charge_sign=config.charge_sign, backend=backend,
-    )
-    return Realisation(index, times, x, p, time.perf_counter() - start, backend)
+    if backend == "cuda":
+        n = len(indices)
+        x, u = get_backend("cuda").trace_many(
+            np.zeros((n, *directions.shape)), np.broadcast_to(-directions, (n, *directions.shape)),
+            np.stack(modes), sign, integ.dt, config.particles.rl, steps,
+        )
+        seconds = (time.perf_counter() - start) / n
+        return [Realisation(j, times, x[k], -u[k], seconds, backend) for k, j in enumerate(indices)]
+    out = []
+    for j, m in zip(indices, modes):
+        start = time.perf_counter()
+        x, p = backtrack(directions, m, config.particles.rl, integ.dt, steps,
+                         charge_sign=config.charge_sign, backend=backend)
+        out.append(Realisation(j, times, x, p, time.perf_counter() - start, backend))
+    return out

@@ -17,12 +17,21 @@ class BackendError(RuntimeError):
     """A requested backend cannot run here (for example ``cuda`` without a GPU)."""
 
 
+def cuda_simulated() -> bool:
+    """True when numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    from numba import config
+
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
+
+
 def cuda_available() -> bool:
     """True when numba-cuda is importable and sees a GPU (or its simulator is enabled)."""
     try:
         from numba import cuda
     except ImportError:
         return False
+    if cuda_simulated():
+        return True
     try:
         return bool(cuda.is_available())
     except Exception:  # driver present but broken: no usable GPU
@@ -42,7 +51,8 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "cuda" if cuda_available() else "cpu"
+        # Never the simulator: it is for tests, thousands of times slower than the CPU.
+        return "cuda" if cuda_available() and not cuda_simulated() else "cpu"
     if name == "cuda" and not cuda_available():
         raise BackendError(
             "backend 'cuda' requested but no CUDA GPU is usable here "
