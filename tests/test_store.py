@@ -91,8 +91,14 @@ def test_refuses_non_run_directory_and_never_overwrites(tmp_path, cfg):
         RunStore.open(tmp_path / "stuff", cfg)
     store = run_ensemble(cfg, tmp_path / "run", backend="cpu", progress=False)
     ds = store.read_realisation(0)
+    mtime = store.realisation_path(0).stat().st_mtime_ns
+    # A repeated task (a worker died before reporting) gets the existing file's record.
+    assert store.write_realisation(ds, 0)["sha256"] == store.manifest()["realisations"]["0"]["sha256"]
+    assert store.realisation_path(0).stat().st_mtime_ns == mtime
+    # Something else under the final name is never overwritten.
+    store.realisation_path(1).write_bytes(b"not a realisation")
     with pytest.raises(RunDirError, match="refusing to overwrite"):
-        store.write_realisation(ds, 0)
+        store.write_realisation(store.read_realisation(0).assign_attrs(realisation=1), 1)
 
 
 def test_manifest_has_provenance(tmp_path, cfg):

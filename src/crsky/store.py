@@ -203,26 +203,49 @@ class RunStore:
     def write_realisation(self, ds: xr.Dataset, index: int) -> dict:
         """Write one realisation atomically; return its record for the manifest.
 
-        Safe to call from worker processes: it touches only its own file. Refuses to
-        overwrite an existing complete file.
+        Safe to call from worker processes: it touches only its own file. The file
+        appears under its final name only complete (``os.link`` of a flushed
+        temporary file, which never replaces an existing file). If a complete file is
+        already there (an earlier attempt of the same task, e.g. on a worker that died
+        before reporting) its record is returned and nothing is overwritten.
         """
         final = self.realisation_path(index)
+        existing = self.complete_record(index, ds.attrs.get("config_sha256"))
+        if existing is not None:
+            return existing
         if final.exists():
-            raise RunDirError(f"{final} already exists; refusing to overwrite a realisation")
+            raise RunDirError(f"{final} already exists and is not a complete realisation; refusing to overwrite it")
         fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
         os.close(fd)
         try:
             ds.to_netcdf(tmp, engine="h5netcdf")
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            record = {"file": str(final.relative_to(self.path)), "bytes": os.path.getsize(tmp),
-                      "sha256": _sha256(Path(tmp)), "written": _now(), "host": platform.node()}
-            os.replace(tmp, final)
-        except BaseException:
+            try:
+                os.link(tmp, final)  # atomic, and fails rather than overwrite
+            except FileExistsError:
+                existing = self.complete_record(index, ds.attrs.get("config_sha256"))
+                if existing is None:
+                    raise RunDirError(f"{final} appeared meanwhile and is not complete; refusing to overwrite it") from None
+                return existing
+            except OSError:  # file systems without hard links
+                os.replace(tmp, final)
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
-        return record
+        return self._file_record(final)
+
+    def complete_record(self, index: int, config_sha256: str | None) -> dict | None:
+        """The record of realisation ``index`` if its file exists, reads back whole and
+        belongs to the configuration ``config_sha256``; otherwise ``None``."""
+        path = self.realisation_path(index)
+        if not path.exists() or not self._looks_complete(path, config_sha256, index):
+            return None
+        return self._file_record(path)
+
+    def _file_record(self, path: Path) -> dict:
+        return {"file": str(path.relative_to(self.path)), "bytes": path.stat().st_size,
+                "sha256": _sha256(path), "written": _now(), "host": platform.node()}
 
     def record(self, index: int, record: dict) -> None:
         """Record realisation ``index`` as complete (driver only)."""
@@ -273,11 +296,8 @@ class RunStore:
             index = int(path.stem[1:])
             if str(index) in manifest["realisations"]:
                 continue
-            if self._looks_complete(path, config, index):
-                manifest["realisations"][str(index)] = {
-                    "file": str(path.relative_to(self.path)), "bytes": path.stat().st_size,
-                    "sha256": _sha256(path), "written": _now(), "host": platform.node(), "adopted": True,
-                }
+            if self._looks_complete(path, config.digest(), index):
+                manifest["realisations"][str(index)] = {**self._file_record(path), "adopted": True}
             else:
                 self._quarantine(index)
             changed = True
@@ -291,13 +311,13 @@ class RunStore:
             os.replace(path, path.with_name(path.name + f".bad-{int(time.time())}"))
 
     @staticmethod
-    def _looks_complete(path: Path, config: RunConfig, index: int) -> bool:
+    def _looks_complete(path: Path, config_sha256: str | None, index: int) -> bool:
         try:
             with xr.open_dataset(path, engine="h5netcdf") as ds:
                 ok = (
-                    ds.attrs.get("config_sha256") == config.digest()
+                    ds.attrs.get("config_sha256") == config_sha256
                     and ds.attrs.get("realisation") == index
-                    and ds["x"].shape == (ds.sizes["time"], config.particles.n_particles, 3)
+                    and ds["x"].shape == (ds.sizes["time"], 12 * ds.attrs["nside"] ** 2, 3)
                 )
                 ds["x"].values, ds["p"].values  # noqa: B018 - reading every chunk checks it
             return bool(ok)
