@@ -21,7 +21,7 @@ class UsageError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _positive_int(text: str) -> int:
@@ -45,6 +45,20 @@ def _cmd_run(args) -> int:
     )
     done = len(store.completed())
     print(f"crsky run: {done}/{config.ensemble.realisations} realisations complete in {store.path}")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from .analysis import analyze, format_summary
+    from .store import RunStore
+
+    RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
+    _, summary = analyze(args.run_dir, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        print(f"\nwrote {args.run_dir}/analysis.nc and {args.run_dir}/summary.json")
     return 0
 
 
@@ -96,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="delete an existing run of another configuration in RUN_DIR and start over")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
+
+    analyze = sub.add_parser(
+        "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
+        description="Analyse RUN_DIR (SPEC section 4): writes RUN_DIR/analysis.nc (xarray) and "
+        "RUN_DIR/summary.json, and prints a summary table.",
+    )
+    analyze.add_argument("run_dir", help="run directory written by crsky run")
+    analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    analyze.set_defaults(func=_cmd_analyze)
 
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (seed eq. 4.7)",
                          description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
