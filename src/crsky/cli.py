@@ -62,6 +62,38 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    from .plots import make_figures
+    from .store import RunStore
+
+    RunStore.existing(args.run_dir)
+    paths = make_figures(args.run_dir, observed=args.observed)
+    print(f"crsky plot: wrote {len(paths)} files to {args.run_dir}/figures/")
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from pathlib import Path
+
+    from .analysis import analyze, format_summary
+    from .config import load_config
+    from .ensemble import run_ensemble
+    from .plots import make_figures
+
+    out = Path(args.out or f"runs/reproduce-{args.preset}")
+    config = load_config(None, preset=args.preset)
+    print(f"crsky reproduce: preset {args.preset} -> {out} "
+          f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
+          f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
+    run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
+    _, summary = analyze(out, progress=True)
+    paths = make_figures(out)
+    print(format_summary(summary))
+    print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}\nfigures: {out / 'figures'}/ "
+          f"({len(paths)} files)")
+    return 0
+
+
 def _cmd_bgk(args) -> int:
     from .bgk import bgk_ratio
 
@@ -86,7 +118,12 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="crsky", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="crsky",
+        description="Backtrack cosmic rays through synthetic turbulent magnetic fields; sky maps and "
+        "angular power spectra of the small-scale anisotropy (Mertsch & Ahlers 2015). Code units: "
+        "lengths in L_c, times as t Omega, diffusion coefficients in L_c c.",
+    )
     parser.add_argument("--version", action="version", version=f"crsky {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -119,6 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run_dir", help="run directory written by crsky run")
     analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     analyze.set_defaults(func=_cmd_analyze)
+
+    plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
+                          description="Write PNG and PDF figures to RUN_DIR/figures/ (analyses the run first "
+                          "if RUN_DIR/analysis.nc is missing).")
+    plot.add_argument("run_dir", help="run directory written by crsky run")
+    plot.add_argument("--observed", metavar="FILE.csv",
+                      help="measured spectrum to overlay: columns ell, C_ell, error[, noise]")
+    plot.set_defaults(func=_cmd_plot)
+
+    reproduce = sub.add_parser("reproduce", help="run + analyze + plot: the paper's experiment",
+                               description="Run the preset's ensemble (resumable), analyse it and write "
+                               "the figures; prints where the summary and figures are.")
+    reproduce.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                           help="quick (minutes on a laptop, default) or paper (SPEC section 6)")
+    reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
+    reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto")
+    reproduce.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    reproduce.set_defaults(func=_cmd_reproduce)
 
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (seed eq. 4.7)",
                          description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
