@@ -63,10 +63,11 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from .plots import make_figures
     from .store import RunStore
 
-    RunStore.existing(args.run_dir)
+    RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
+    from .plots import make_figures
+
     paths = make_figures(args.run_dir, observed=args.observed)
     print(f"crsky plot: wrote {len(paths)} files to {args.run_dir}/figures/")
     return 0

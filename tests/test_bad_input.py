@@ -1,0 +1,105 @@
+"""Bad input through the command line: one line naming the problem, exit code 2, no
+traceback, and no output written (issue 8: a table of at least 25 cases)."""
+
+import pytest
+
+from crsky.cli import main
+
+GOOD = """
+[turbulence]
+n_modes = 8
+[particles]
+nside = 1
+[integration]
+t_max = 2.0
+n_snapshots = 3
+[ensemble]
+realisations = 1
+"""
+
+# (config text or None, extra arguments, expected fragment of the message)
+CONFIG_CASES = [
+    ("[particles]\nnside = 12\n", "[particles] nside = 12: must be a power of 2"),
+    ("[particles]\nnside = 8.5\n", "[particles] nside = 8.5: must be an integer"),
+    ("[particles]\nnside = '8'\n", "[particles] nside = '8': must be an integer"),
+    ("[particles]\nrl = -0.1\n", "[particles] rl = -0.1: must be > 0"),
+    ("[particles]\nrl = 'small'\n", "[particles] rl = 'small': must be a number"),
+    ("[particles]\ncharge = 0\n", "[particles] charge = 0: must be a non-zero integer"),
+    ("[particles]\nenergy_tev = 10.0\n", "b0_microgauss, lc_pc missing"),
+    ("[particles]\nrl = 0.1\nenergy_tev = 1.0\nb0_microgauss = 1.0\nlc_pc = 1.0\n", "either rl or"),
+    ("[turbulence]\nn_modes = 0\n", "[turbulence] n_modes = 0: must be >= 1"),
+    ("[turbulence]\nn_modes = true\n", "[turbulence] n_modes = True: must be an integer"),
+    ("[turbulence]\nlambda_min = 0\n", "[turbulence] lambda_min = 0.0: must be > 0"),
+    ("[turbulence]\nlambda_min = 2.0\nlambda_max = 1.0\n", "[turbulence] lambda_max = 1.0: must be > lambda_min"),
+    ("[turbulence]\nsigma2 = -0.5\n", "[turbulence] sigma2 = -0.5: must be >= 0"),
+    ("[turbulence]\ngeometry = 'helical'\n", "[turbulence] geometry = 'helical': must be one of"),
+    ("[turbulence]\nslab_fraction = -0.1\n", "[turbulence] slab_fraction = -0.1: must be in [0, 1]"),
+    ("[turbulence]\ngamma = nan\n", "[turbulence] gamma = nan: must be a finite number"),
+    ("[integration]\ndt = 0\n", "[integration] dt = 0.0: must be > 0"),
+    ("[integration]\nt_max = -5\n", "[integration] t_max = -5.0: must be > 0"),
+    ("[integration]\nn_snapshots = 0\n", "[integration] n_snapshots = 0: must be >= 1"),
+    ("[ensemble]\nrealisations = 0\n", "[ensemble] realisations = 0: must be >= 1"),
+    ("[ensemble]\nseed = -1\n", "[ensemble] seed = -1: must be an integer in"),
+    ("[output]\nprecision = 'half'\n", "[output] precision = 'half': must be one of"),
+    ("[particles]\nnsid = 8\n", "unknown key [particles] nsid"),
+    ("[ensemble]\nrealisations = 1\n[runs]\nn = 1\n", "unknown section [runs]"),
+    ("particles = 3\n", "particles in"),
+    ("[particles]\nnside = = 8\n", "malformed TOML"),
+    ("[particles\nnside = 8\n", "line 1"),
+]
+
+
+@pytest.mark.parametrize("toml, message", CONFIG_CASES)
+def test_bad_config(tmp_path, capsys, toml, message):
+    (tmp_path / "c.toml").write_text(toml)
+    code = main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--backend", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _good_run(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(GOOD)
+    assert main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--backend", "cpu",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+
+
+def _cases(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    (tmp_path / "other.toml").write_text(GOOD.replace("n_modes = 8", "n_modes = 9"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    run = str(tmp_path / "run")
+    return [
+        (["run", "--out", str(blocker / "run"), "--backend", "cpu"], "cannot write run directory"),
+        (["run", "--out", str(blocker), "--backend", "cpu"], "is not a directory"),
+        (["run", str(tmp_path / "other.toml"), "--out", run, "--backend", "cpu"], "different configuration"),
+        (["run", "--out", str(tmp_path / "notes"), "--backend", "cpu"], "not a crsky run directory"),
+        (["run", str(tmp_path / "missing.toml"), "--out", run], "does not exist"),
+        (["run", "--out", run, "--workers", "-2"], "must be >= 1"),
+        (["run", "--out", run, "--backend", "tpu"], "invalid choice"),
+        (["analyze", str(tmp_path / "nowhere")], "does not exist"),
+        (["analyze", str(tmp_path / "notes")], "not a crsky run directory"),
+        (["plot", str(tmp_path / "nowhere")], "does not exist"),
+        (["bgk", "--p", "1.0", "--lmax", "5"], "p must be in the open interval (0, 1)"),
+        (["bgk", "--p", "0.5", "--lmax", "0"], "lmax must be an integer"),
+        (["bgk", "--p", "half", "--lmax", "5"], "invalid float value"),
+        (["bgk", "--lmax", "5"], "--p"),
+    ]
+
+
+def test_bad_command_lines(tmp_path, capsys):
+    _good_run(tmp_path, capsys)
+    cases = _cases(tmp_path)
+    for args, message in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+    assert len(CONFIG_CASES) + len(cases) >= 25
