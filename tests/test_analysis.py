@@ -178,10 +178,10 @@ def test_relative_diffusion_identity_brute_force(rng):
 
 def test_brownian_K_recovered(brownian):
     """Synthetic Brownian motion with a known anisotropic K: K^s recovered within 4 sigma
-    (24 numbers: 6 components x 3 times... + K_par, K_perp), and the quoted error
+    (6 components x 3 times, K_par, K_perp and K~^s likewise), and the quoted error
     matches the Gaussian expectation sqrt((K_ii K_jj + K_ij^2) / (N_pix R)).
 
-    4 sigma: with 30 correlated-but-few comparisons the chance of any > 4 sigma is < 0.2 %.
+    4 sigma: with ~50 comparisons the chance of any beyond 4 sigma is < 0.5 %.
     Error check: the sample std over R = 40 realisations is uncertain by 1/sqrt(2*39) = 11 %;
     averaged over the 18 components/times the ratio is known to ~3 %; 0.15 is ~5 sigma.
     """
@@ -239,8 +239,10 @@ def test_x_only_sum_rules_are_identities(brownian, tmp_path):
     ds = an.analyze_run(path, K=np.zeros((3, 3)))
     for name in ("sum_rule", "monopole_rule_pixel", "higher_rule"):
         assert np.allclose(ds[name].values, 1.0, rtol=0, atol=1e-12), name
-    # the anafast monopole is the ring-weighted mean: equal to ~1e-2 for noise maps
-    assert np.allclose(ds["monopole_rule"].values, 1.0, atol=0.05)
+    # The anafast monopole is the ring-weighted mean: for a noise map (sky mean ~ s/sqrt(N_pix))
+    # the weights (|w| <= 0.12 at nside 4) shift C_0 by ~2 sqrt(sum w^2 / N_pix) = 5 % (1 sigma);
+    # tolerance 3 sigma.
+    assert np.allclose(ds["monopole_rule"].values, 1.0, atol=0.15)
 
 
 def test_gradient_any_direction_parallelogram(brownian):
@@ -281,8 +283,9 @@ def test_real_run_sum_rule_closes(real_analysis):
 
 
 def test_real_run_early_map_is_standard_dipole(real_analysis):
-    """With K = K^s(last) in the map the T -> 0 map is -p . (T g/3 ... ) : at t Omega = 0.1
-    x(-T) = -T p and p(-T) = p to O((t Omega)^2), so C_1(<dI>) = 4 pi |T g / 3 + K g|^2.
+    """With K = K^s(last) in the map, the T -> 0 map is the standard dipole: at t Omega = 0.1
+    x(-T) = -T p and p(-T) = p up to O((t Omega)^2), so dI = -p . (T g + 3 K g) and
+    C_1(<dI>) = 4 pi |T g / 3 + K g|^2 (measured: to 0.4 %).
     tol 2 %: the O((t Omega)^2) = 1 % gyration and the residual noise of the mean map."""
     ds, _ = real_analysis
     T0 = float(ds["T"][0])

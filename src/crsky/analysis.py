@@ -821,7 +821,8 @@ def _fit_bgk(cl_hat: np.ndarray, sigma: np.ndarray, nsigma: float) -> dict:
         return {**nan, "lmin": 2, "lmax": lmax_fit, "status": f"fit failed: {exc}"}
     return {"p": float(fit.p), "p_err": float(fit.p_err), "p_lo": float(fit.p_lo), "p_hi": float(fit.p_hi),
             "chi2_dof": float(fit.chi2_dof), "lmin": int(fit.ell_min), "lmax": int(fit.ell_max),
-            "status": f"fitted l = {int(fit.ell_min)}..{int(fit.ell_max)}"}
+            "status": f"fitted l = {int(fit.ell_min)}..{int(fit.ell_max)}, chi2/dof = {float(fit.chi2_dof):.3g}"
+                      + (" (p at the boundary of (0, 1))" if getattr(fit, "at_boundary", False) else "")}
 
 
 # ---------------------------------------------------------------------------------
