@@ -245,7 +245,7 @@ def refresh_interval(modes: np.ndarray, dtau: float, rl: float, phase_budget: fl
     per_step = kmax * abs(rl * dtau)
     if per_step * MAX_REFRESH_INTERVAL <= phase_budget:
         return MAX_REFRESH_INTERVAL
-    return 1 + int(phase_budget / per_step)
+    return 1 + int(phase_budget / per_step * (1 + 1e-12))  # exact ratios (pi / pi) count
 
 
 def _check_precision(precision: str) -> None:

@@ -1,0 +1,316 @@
+"""The mixed-precision fast path (``precision="mixed"`` of the CPU backend).
+
+Float64 reference phases at a per-particle reference point, float32 phase offsets,
+a float32 polynomial cosine (``crsky.kernels.cos_poly``). Checked against the plain
+numpy oracle ``reference.field_reference`` and against the float64 path. Tolerances are
+stated next to each check with the measured value they cover.
+"""
+
+import math
+from types import SimpleNamespace
+
+import mpmath
+import numba
+import numpy as np
+import pytest
+from reference import field_reference, helix
+
+from crsky import kernels
+from crsky.backends import cpu
+from crsky.config import TurbulenceConfig
+from crsky.turbulence import make_modes
+
+K = cpu.FAST_KERNELS  # the kernels exactly as the mixed path compiles them
+_cos_poly = K.cos_poly
+
+
+@numba.njit
+def _cos_many(phases, out):
+    for i in range(phases.shape[0]):
+        out[i] = _cos_poly(phases[i])
+
+
+def cos_poly_error(phases):
+    phases = np.asarray(phases, dtype=np.float32)
+    out = np.empty_like(phases)
+    _cos_many(phases, out)
+    return np.abs(out.astype(np.float64) - np.cos(phases.astype(np.float64)))
+
+
+def test_cos_poly_max_error_over_its_reduced_range():
+    # [-pi, pi] is the range of the reference phases; the sine polynomial sees
+    # |r| - pi/2 in [-pi/2, pi/2]. Measured max 1.6e-7 (the float32 result itself is
+    # only defined to 6e-8).
+    grid = np.linspace(-np.pi, np.pi, 2_000_001)
+    assert cos_poly_error(grid).max() < 2e-7
+
+
+def test_cos_poly_error_over_the_phases_the_mixed_path_produces():
+    # |phase| <= pi + PHASE_BUDGET (offsets up to the budget); measured max 1.6e-7.
+    bound = np.pi + cpu.PHASE_BUDGET
+    grid = np.linspace(-bound, bound, 2_000_001)
+    assert cos_poly_error(grid).max() < 2e-7
+    # Exact float32 inputs far out still reduce correctly (validity |phase| < 2^16);
+    # there the float32 phase itself limits what "cos" means, not the polynomial.
+    far = np.float32(np.random.default_rng(0).uniform(-6e4, 6e4, 100_000))
+    assert cos_poly_error(far).max() < 2e-6
+
+
+def test_sine_polynomial_approximation_error():
+    # The float32 coefficients in float64 arithmetic: 1.7e-8 on [-pi/2, pi/2] (the
+    # minimax fit itself, before rounding the coefficients to float32: 4.6e-9).
+    t = np.linspace(-np.pi / 2, np.pi / 2, 200_001)
+    u = t * t
+    s3, s5, s7, s9 = (float(c) for c in (kernels._S3, kernels._S5, kernels._S7, kernels._S9))
+    p = t + t * u * (s3 + u * (s5 + u * (s7 + u * s9)))
+    assert np.abs(p - np.sin(t)).max() < 2e-8
+
+
+def test_reduce_phase_is_exact_to_float32_rounding():
+    rng = np.random.default_rng(1)
+    phases = np.concatenate([rng.uniform(-1e7, 1e7, 300), rng.uniform(-10, 10, 100), [0.0, np.pi, -np.pi]])
+    mpmath.mp.dps = 40
+    two_pi = 2 * mpmath.pi
+    for ph in phases:
+        exact = mpmath.mpf(float(ph))
+        exact = float(exact - two_pi * mpmath.nint(exact / two_pi))
+        got = float(K.reduce_phase(float(ph)))
+        assert abs(got) <= np.pi + 1e-6
+        # half an ulp of float32 at |r| < 4 is 1.2e-7; the float64 reduction adds < 1e-9.
+        assert abs(got - exact) <= 1.2e-7 + 1e-9 or abs(abs(got - exact) - 2 * np.pi) < 1e-6
+
+
+def test_sincos_poly_matches_math():
+    theta = np.linspace(-1.0, 1.0, 20001)
+    c, s = zip(*(K.sincos_poly(t) for t in theta))
+    c, s = np.array(c), np.array(s)
+    assert np.abs(c - np.cos(theta)).max() < 3e-16
+    assert np.abs(s - np.sin(theta)).max() < 3e-16
+    assert np.abs(c * c + s * s - 1.0).max() < 5e-16
+    for t in (1.5, -3.0, 20.0):  # beyond |theta| = 1: math
+        assert K.sincos_poly(t) == (math.cos(t), math.sin(t))
+
+
+def _points_and_references(modes, n, radius, rng, budget=cpu.PHASE_BUDGET):
+    """Points out to ``radius`` (uniform in radius) and reference points at a random
+    distance up to ``budget / k_max`` from them (the largest offset the path allows)."""
+    x = rng.normal(size=(n, 3))
+    x *= (radius * rng.uniform(0, 1, n) / np.linalg.norm(x, axis=1))[:, None]
+    kmax = np.linalg.norm(modes[0:3], axis=0).max()
+    off = rng.normal(size=(n, 3))
+    off *= (budget / kmax * rng.uniform(0, 1, n) / np.linalg.norm(off, axis=1))[:, None]
+    return x, x - off
+
+
+def _hot_path_field(modes, points, references):
+    """The field as ``trace`` evaluates it: ``_field_mixed4`` on groups of four."""
+    m32 = modes.astype(np.float32)
+    n = len(points)
+    out = np.empty((n, 3))
+    phases = np.empty((4, modes.shape[1]), np.float32)
+    d = np.empty((3, 4), np.float32)
+    b = np.empty((3, 4))
+    for g in range(0, n, 4):
+        for q in range(4):
+            r = references[g + q]
+            K.reference_phases(r[0], r[1], r[2], modes, phases[q])
+        d[:] = (points[g:g + 4] - references[g:g + 4]).T.astype(np.float32)
+        cpu._field_mixed4(m32, phases, d, b)
+        out[g:g + 4] = b.T
+    return out
+
+
+@pytest.mark.parametrize(
+    "turbulence",
+    [
+        TurbulenceConfig(n_modes=256),
+        TurbulenceConfig(n_modes=64),
+        TurbulenceConfig(n_modes=1024),
+        TurbulenceConfig(geometry="composite", n_modes=256),
+    ],
+    ids=["iso256", "iso64", "iso1024", "composite256"],
+)
+def test_mixed_field_matches_the_float64_oracle_far_out(turbulence):
+    # Positions out to |x| = 1e3 L_c: phases k.x up to 6e5 rad. Requirement: every
+    # error below 1e-6 of the rms turbulent field sqrt(sigma2). Measured max over 20000
+    # points: 5.1e-7 (hot path: float32 sums in the vector lanes), 3.0e-7 (scalar
+    # kernel: float64 sums), rms 1.6e-7 and 1.0e-7.
+    modes = make_modes(turbulence, seed=3, realisation=2)
+    rms = math.sqrt(turbulence.sigma2)
+    rng = np.random.default_rng(7)
+    x, refs = _points_and_references(modes, 20000, 1000.0, rng)
+    exact = field_reference(modes, x)
+    hot = _hot_path_field(modes, x, refs)
+    scalar = cpu.field_at_points(modes, x, precision="mixed", references=refs)
+    for got in (hot, scalar):
+        err = np.linalg.norm(got - exact, axis=1)
+        assert err.max() < 1e-6 * rms
+        assert np.sqrt(np.mean(err**2)) < 3e-7 * rms
+
+
+def test_field_at_points_mixed_defaults_to_zero_offset():
+    modes = make_modes(TurbulenceConfig(n_modes=128), 0, 0)
+    x = np.random.default_rng(2).uniform(-500, 500, size=(500, 3))
+    got = cpu.field_at_points(modes, x, precision="mixed")
+    assert np.abs(got - field_reference(modes, x)).max() < 1e-6
+    with pytest.raises(ValueError, match="precision"):
+        cpu.field_at_points(modes, x, precision="float16")
+
+
+def test_mixed_speed_is_one_to_rounding_after_200000_steps():
+    modes = make_modes(TurbulenceConfig(n_modes=64), seed=1, realisation=0)
+    v0 = np.array([[0.6, 0.0, 0.8], [-0.48, 0.6, 0.64], [0.0, 0.0, -1.0]])
+    _, v = cpu.trace(np.zeros((3, 3)), v0, modes, 1.0, 0.05, 0.1, np.array([2 * 10**5]), precision="mixed")
+    assert np.abs(np.linalg.norm(v[-1], axis=1) - 1.0).max() < 1e-12
+
+
+def test_mixed_uniform_field_orbit_is_the_exact_helix():
+    # sigma2 = 0: the mixed field is exactly z_hat, and the polynomial rotation equals
+    # the math.cos one to 1e-16 per step: same tolerance as the float64 path.
+    uniform = make_modes(TurbulenceConfig(sigma2=0.0, n_modes=4), 0, 0)
+    rl, dtau, pitch = 0.37, 0.05, 0.6
+    v0 = np.array([[np.sqrt(1 - pitch**2), 0.0, pitch]])
+    steps = np.array([10, 1000, 20000])
+    x, v = cpu.trace(np.zeros((1, 3)), v0, uniform, 1.0, dtau, rl, steps, precision="mixed")
+    x_exact, v_exact = helix(v0[0, 0], pitch, steps * dtau, rl, 1.0)
+    np.testing.assert_allclose(v[:, 0], v_exact, rtol=0, atol=1e-11)
+    h = dtau / 2
+    bound = 2 * rl * v0[0, 0] * (1 - h / np.tan(h)) + 1e-11 * rl * steps * dtau
+    assert np.all(np.linalg.norm(x[:, 0] - x_exact, axis=1) <= bound)
+
+
+def test_short_mixed_trajectory_agrees_with_the_float64_path():
+    # Paper parameters (r_L = 0.1, dt = 0.05, 256 modes), 64 particles backtracked from
+    # the origin. Per step the velocity differs by ~dtau * 3e-7; the orbits are chaotic
+    # and the difference grows ~e-fold per few gyrations (measured at 100 steps:
+    # positions 1.7e-7 L_c, velocities 1.8e-6; at 1000 steps they have decorrelated,
+    # as they would under any rounding change). Statistical equivalence of K and C_l is
+    # checked on full runs, not here.
+    modes = make_modes(TurbulenceConfig(n_modes=256), seed=0, realisation=0)
+    rng = np.random.default_rng(4)
+    v0 = rng.normal(size=(64, 3))
+    v0 /= np.linalg.norm(v0, axis=1)[:, None]
+    x0 = np.zeros_like(v0)
+    steps = np.array([10, 100])
+    xm, vm = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision="mixed")
+    xd, vd = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps)
+    assert np.abs(xm[0] - xd[0]).max() < 2e-8
+    assert np.abs(vm[0] - vd[0]).max() < 5e-7
+    assert np.abs(xm[1] - xd[1]).max() < 2e-6
+    assert np.abs(vm[1] - vd[1]).max() < 2e-5
+    # and every particle was turned by the field (5 rad of gyration)
+    assert np.linalg.norm(vd[1] - v0, axis=1).min() > 0.1
+
+
+def test_mixed_result_of_a_particle_does_not_depend_on_its_batch():
+    # Each particle's arithmetic is independent of its neighbours in a group of four
+    # (and of the thread that runs it): bitwise equal alone or in a batch of 7.
+    modes = make_modes(TurbulenceConfig(n_modes=96), seed=2, realisation=0)
+    rng = np.random.default_rng(5)
+    x0 = rng.uniform(-50, 50, size=(7, 3))
+    v0 = rng.normal(size=(7, 3))
+    v0 /= np.linalg.norm(v0, axis=1)[:, None]
+    steps = np.array([0, 3, 50])
+    xb, vb = cpu.trace(x0, v0, modes, -1.0, 0.05, 0.1, steps, precision="mixed")
+    assert xb.shape == (3, 7, 3)
+    np.testing.assert_array_equal(xb[0], x0)  # step 0 records the initial state
+    for i in (0, 3, 6):
+        xa, va = cpu.trace(x0[i:i + 1], v0[i:i + 1], modes, -1.0, 0.05, 0.1, steps, precision="mixed")
+        np.testing.assert_array_equal(xa[:, 0], xb[:, i])
+        np.testing.assert_array_equal(va[:, 0], vb[:, i])
+    empty = cpu.trace(np.zeros((0, 3)), np.zeros((0, 3)), modes, 1.0, 0.05, 0.1, steps, precision="mixed")
+    assert empty[0].shape == (3, 0, 3)
+
+
+def test_refresh_interval():
+    modes = make_modes(TurbulenceConfig(n_modes=256), 0, 0)  # k_max = 2 pi / 0.01
+    kmax = np.linalg.norm(modes[0:3], axis=0).max()
+    assert kmax == pytest.approx(200 * np.pi)
+    # Paper: k_max r_L dtau = pi per step; budget 8 pi -> offsets of at most 8 steps.
+    assert cpu.refresh_interval(modes, 0.05, 0.1) == 9
+    assert cpu.refresh_interval(modes, 0.02, 0.1) == 21
+    for dtau, rl in ((0.05, 0.1), (0.013, 0.3), (0.2, 1.0)):
+        m = cpu.refresh_interval(modes, dtau, rl)
+        assert (m - 1) * kmax * rl * dtau <= cpu.PHASE_BUDGET * (1 + 1e-9)
+        assert m * kmax * rl * dtau > cpu.PHASE_BUDGET or m == cpu.MAX_REFRESH_INTERVAL
+    assert cpu.refresh_interval(modes, 1e-9, 0.1) == cpu.MAX_REFRESH_INTERVAL
+    # Refreshing every step changes only rounding-level details of the field.
+    x0 = np.random.default_rng(6).uniform(-20, 20, size=(8, 3))
+    v0 = np.tile([[0.6, 0.0, 0.8]], (8, 1))
+    a = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed")
+    b = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed", refresh=1)
+    assert np.abs(a[0] - b[0]).max() < 1e-8
+    with pytest.raises(ValueError, match="refresh"):
+        cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed", refresh=0)
+    with pytest.raises(ValueError, match="precision"):
+        cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="half")
+
+
+def test_python_execution_of_the_kernels_matches_the_compiled_ones():
+    # The CUDA simulator runs the kernels as plain Python (numpy float32 scalars).
+    py = kernels.compile_kernels(lambda f: f)
+    rng = np.random.default_rng(8)
+    for ph in rng.uniform(-30, 30, 50).astype(np.float32):
+        assert abs(float(py.cos_poly(ph)) - float(K.cos_poly(ph))) < 1e-7
+    for ph in rng.uniform(-1e6, 1e6, 20):
+        assert abs(float(py.reduce_phase(ph)) - float(K.reduce_phase(ph))) < 1e-7
+    modes = make_modes(TurbulenceConfig(n_modes=32), 0, 0)
+    m32 = modes.astype(np.float32)
+    phases_py = np.empty(32, np.float32)
+    phases_c = np.empty(32, np.float32)
+    py.reference_phases(3.0, -2.0, 40.0, modes, phases_py)
+    K.reference_phases(3.0, -2.0, 40.0, modes, phases_c)
+    np.testing.assert_allclose(phases_py, phases_c, atol=1e-7)
+    state = (3.01, -2.0, 40.0, 0.6, 0.0, 0.8, 3.0, -2.0, 40.0)
+    out_py = py.push_mixed(*state, False, modes, m32, phases_py, 1.0, 0.05, 0.1)
+    out_c = K.push_mixed(*state, False, modes, m32, phases_c, 1.0, 0.05, 0.1)
+    np.testing.assert_allclose(out_py, out_c, atol=1e-12)
+
+
+def test_push_mixed_scalar_kernel_matches_the_cpu_path():
+    # The scalar kernel (for other backends) steps like the CPU mixed path.
+    modes = make_modes(TurbulenceConfig(n_modes=128), 0, 1)
+    m32 = modes.astype(np.float32)
+    every = cpu.refresh_interval(modes, 0.05, 0.1)
+    x0 = np.array([1.0, -3.0, 25.0])
+    v0 = np.array([0.0, 0.6, -0.8])
+    phases = np.empty(128, np.float32)
+    s = (*x0, *v0, 0.0, 0.0, 0.0)
+    for step in range(30):
+        s = K.push_mixed(*s, step % every == 0, modes, m32, phases, -1.0, 0.05, 0.1)
+    xc, vc = cpu.trace(x0[None], v0[None], modes, -1.0, 0.05, 0.1, [30], precision="mixed")
+    np.testing.assert_allclose(s[0:3], xc[0, 0], atol=1e-9)
+    np.testing.assert_allclose(s[3:6], vc[0, 0], atol=1e-7)
+
+
+def test_new_kernels_compile_for_cuda(monkeypatch):
+    # Typing and lowering of the new scalar kernels for the CUDA target (what the CUDA
+    # backend needs). Without a GPU the device-function dispatcher cannot ask the
+    # driver for the compute capability; it is told 8.0 instead.
+    cuda = pytest.importorskip("numba.cuda")
+    if cuda.config.ENABLE_CUDASIM:  # pragma: no cover
+        pytest.skip("CUDA simulator active")
+    from numba import types
+    from numba.cuda import dispatcher
+    from numba.cuda.compiler import compile_cuda
+
+    if not cuda.is_available():
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=(8, 0)))
+    kc = kernels.compile_kernels(cuda.jit(device=True))
+    push_mixed = kc.push_mixed
+    cos_poly = kc.cos_poly
+
+    def kernel(state, modes, modes32, phases, out):
+        i = cuda.grid(1)
+        if i < state.shape[0]:
+            s = push_mixed(state[i, 0], state[i, 1], state[i, 2], state[i, 3], state[i, 4], state[i, 5],
+                           state[i, 6], state[i, 7], state[i, 8], i % 5 == 0, modes, modes32, phases[i],
+                           1.0, 0.05, 0.1)
+            for c in range(9):
+                state[i, c] = s[c]
+            out[i] = cos_poly(phases[i, 0])
+
+    f64, f32 = types.float64[:, :], types.float32[:, :]
+    cres = compile_cuda(kernel, types.void, (f64, f64, f32, f32, types.float32[:]), cc=(8, 0))
+    ir = cres.library.get_llvm_str()
+    assert "fptrunc double" in ir  # float64 reference phases and offsets rounded to float32
