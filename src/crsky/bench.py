@@ -1,10 +1,18 @@
 """Kernel throughput: mode evaluations and particle steps per second.
 
 A case traces ``n_particles`` particles for ``n_steps`` steps through an isotropic
-field of ``n_modes`` modes (SPEC defaults otherwise), starting at random positions
-about 10 ``L_c`` from the origin so that the phases ``k . x`` are of order 10^3-10^4
-rad, as late in a real run. The first call of a backend (compilation, or loading the
-on-disk cache) is timed separately and excluded from the throughput.
+field of ``n_modes`` modes (SPEC defaults otherwise: ``r_L = 0.1``, ``Omega dt = 0.05``),
+recording 8 log-spaced snapshots as a real run does. The particles start at random
+positions about 10 ``L_c`` from the origin so that the phases ``k . x`` are of order
+10^3-10^4 rad, as late in a real run. The first call of each backend and precision
+(compilation, or loading numba's on-disk cache) is timed separately and excluded from
+the throughput; each case reports the best of ``repeats`` timed runs.
+
+One mode evaluation is one ``A_n xi_n cos(k_n . x + beta_n)`` term of one particle at
+one step, so ``mode_evals_per_s = particle_steps_per_s * n_modes``.
+
+The machine is often shared: every case records the 1-minute load average before it
+ran, and ``docs/performance.md`` says how the published numbers were taken.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from .backends import get_backend, resolve_backend
 from .config import TurbulenceConfig
 from .turbulence import make_modes
 
-__all__ = ["bench_case", "run_benchmarks", "format_table"]
+__all__ = ["bench_case", "run_benchmarks", "format_table", "machine_info", "precisions_of"]
+
+#: Work per case (mode evaluations) by precision: about 2-3 s per case at the
+#: measured rates (7e7/s float64, 3e9/s mixed on 2 cores); ``quick`` divides by 10.
+WORK = {"float64": 2e8, "mixed": 6e9}
+MODE_COUNTS = (64, 256, 1024)
+PARTICLE_COUNTS = (768, 3072, 12288)
+QUICK_PARTICLE_COUNTS = (3072,)
 
 
 def _start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -30,34 +45,79 @@ def _start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarra
     return pos, vel
 
 
-def bench_case(n_modes: int, n_particles: int, n_steps: int, backend: str = "cpu", repeats: int = 3) -> dict:
-    """Time one case; the best of ``repeats`` runs (after one warm-up call)."""
-    backend = resolve_backend(backend)
+def _snapshots(n_steps: int, count: int = 8) -> np.ndarray:
+    steps = np.unique(np.geomspace(max(1, n_steps / 100), n_steps, count).astype(np.int64))
+    steps[-1] = n_steps
+    return steps
+
+
+def precisions_of(backend: str) -> tuple[str, ...]:
+    """Precisions a backend offers (the CPU backend: ``float64`` and ``mixed``)."""
+    if backend == "cpu":
+        from .backends.cpu import PRECISIONS
+
+        return PRECISIONS
+    return ("float64",)
+
+
+def _tracer(backend: str, precision: str):
     driver = get_backend(backend)
+    if precision == "float64":
+        return driver.trace
+    return lambda *args: driver.trace(*args, precision=precision)
+
+
+def _compiled_now(backend: str, precision: str) -> bool | None:
+    """Whether the last first call compiled (True) or loaded numba's cache (False)."""
+    if backend != "cpu":
+        return None
+    from .backends import cpu
+
+    dispatcher = cpu._trace if precision == "float64" else cpu._trace_mixed
+    stats = dispatcher.stats
+    return bool(stats.cache_misses) if stats.cache_hits or stats.cache_misses else None
+
+
+def bench_case(
+    n_modes: int,
+    n_particles: int,
+    n_steps: int,
+    backend: str = "cpu",
+    repeats: int = 3,
+    precision: str = "float64",
+) -> dict:
+    """Time one case: the best of ``repeats`` runs after one (separately timed) first call."""
+    backend = resolve_backend(backend)
+    trace = _tracer(backend, precision)
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
     pos, vel = _start_state(n_particles)
-    steps = np.array([n_steps // 2, n_steps], dtype=np.int64)
+    steps = _snapshots(n_steps)
     start = time.perf_counter()
-    driver.trace(pos[:2], vel[:2], modes, -1.0, 0.05, 0.1, np.array([1], dtype=np.int64))
+    trace(pos[:2], vel[:2], modes, -1.0, 0.05, 0.1, np.array([1], dtype=np.int64))
     first_call = time.perf_counter() - start
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     best = np.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        driver.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps)
+        trace(pos, vel, modes, -1.0, 0.05, 0.1, steps)
         best = min(best, time.perf_counter() - start)
     particle_steps = n_particles * n_steps
     return {
         "n_modes": n_modes,
         "n_particles": n_particles,
         "n_steps": n_steps,
+        "n_snapshots": len(steps),
         "seconds": best,
         "mode_evals_per_s": particle_steps * n_modes / best,
         "particle_steps_per_s": particle_steps / best,
         "first_call_s": first_call,
+        "compiled": _compiled_now(backend, precision),
         "backend": backend,
-        "dtype": "float64",
+        "dtype": precision,
+        "precision": precision,
         "threads": _threads(backend),
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "load_1min": load,
+        "machine": machine_info()["summary"],
     }
 
 
@@ -69,33 +129,79 @@ def _threads(backend: str) -> int:
     return 0
 
 
-def run_benchmarks(backend: str = "cpu", quick: bool = False, progress: bool = True) -> list[dict]:
-    """Measure 64, 256 and 1024 modes at several particle counts.
+def machine_info() -> dict:
+    """CPU model (``lscpu`` model name), logical CPUs, SIMD width numba compiles for."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    try:
+        import llvmlite.binding as ll
+        import numba
 
-    The step count is chosen so that each case does about the same work (about
-    ``2e9`` mode evaluations, ``2e8`` with ``quick``).
+        cpu_name = numba.config.CPU_NAME or ll.get_host_cpu_name()
+        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+        simd = "avx512" if "+avx512f" in features else "avx2" if "+avx2" in features else "sse/other"
+    except Exception:  # pragma: no cover
+        cpu_name, simd = "unknown", "unknown"
+    info = {"model": model, "cpus": os.cpu_count(), "llvm_cpu": cpu_name, "simd": simd}
+    info["summary"] = f"{model}, {info['cpus']} cpus, LLVM target {cpu_name} ({simd}), {platform.node()}"
+    return info
+
+
+def run_benchmarks(
+    backend: str = "cpu",
+    quick: bool = False,
+    progress: bool = True,
+    precisions: tuple[str, ...] | None = None,
+    mode_counts: tuple[int, ...] = MODE_COUNTS,
+    particle_counts: tuple[int, ...] | None = None,
+    work: dict[str, float] | None = None,
+) -> list[dict]:
+    """Measure 64, 256 and 1024 modes at several particle counts, for each precision.
+
+    The step count is chosen so that each case does about the same work
+    (``work``, default :data:`WORK`, mode evaluations per precision; a tenth with
+    ``quick``, which also measures one particle count and takes one timed run
+    instead of three).
     """
-    work = 2e8 if quick else 2e9
-    particle_counts = (768,) if quick else (768, 3072, 12288)
+    work_per_case = dict(WORK, **(work or {}))
+    backend = resolve_backend(backend)
+    precisions = precisions_of(backend) if precisions is None else precisions
+    if particle_counts is None:
+        particle_counts = QUICK_PARTICLE_COUNTS if quick else PARTICLE_COUNTS
     results = []
-    for n_modes in (64, 256, 1024):
-        for n_particles in particle_counts:
-            n_steps = max(2, int(work / (n_modes * n_particles)))
-            result = bench_case(n_modes, n_particles, n_steps, backend=backend, repeats=1 if quick else 3)
-            if progress:
-                print(f"  {n_modes:5d} modes {n_particles:6d} particles: "
-                      f"{result['mode_evals_per_s']:.3e} mode evals/s", flush=True)
-            results.append(result)
+    for precision in precisions:
+        budget = work_per_case.get(precision, work_per_case["float64"]) / (10 if quick else 1)
+        for n_modes in mode_counts:
+            for n_particles in particle_counts:
+                n_steps = max(2, int(budget / (n_modes * n_particles)))
+                result = bench_case(n_modes, n_particles, n_steps, backend=backend,
+                                    repeats=1 if quick else 3, precision=precision)
+                if progress:
+                    print(f"  {backend} {precision:7s} {n_modes:5d} modes {n_particles:6d} particles: "
+                          f"{result['mode_evals_per_s']:.3e} mode evals/s "
+                          f"(first call {result['first_call_s']:.2f} s)", flush=True)
+                results.append(result)
     return results
 
 
 def format_table(results: list[dict]) -> str:
     """A readable table of :func:`run_benchmarks` results."""
     lines = [f"{'backend':>7} {'dtype':>7} {'modes':>6} {'particles':>9} {'steps':>7} "
-             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12}"]
+             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5}"]
     for r in results:
+        load = r.get("load_1min")
         lines.append(
             f"{r['backend']:>7} {r['dtype']:>7} {r['n_modes']:>6} {r['n_particles']:>9} {r['n_steps']:>7} "
-            f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f}"
+            f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f} "
+            f"{'' if load is None else f'{load:.1f}':>5}"
         )
+    if results:
+        lines.append(f"machine: {results[0]['machine']}; threads: {results[0]['threads']}")
     return "\n".join(lines)
