@@ -64,6 +64,9 @@ _rotate_poly = FAST_KERNELS.rotate_poly
 
 #: Particles per ``prange`` iteration of the mixed path (one :func:`_field_mixed4` call).
 GROUP = 4
+#: Modes per float32 partial sum of the mixed path; longer sums lose accuracy (the
+#: field error at 1024 modes grows from 5e-7 to 9e-7 of the rms field without blocks).
+MODE_BLOCK = 128
 
 
 @numba.njit(parallel=True, cache=True)
@@ -119,14 +122,17 @@ def _field_at_points_mixed(modes, modes32, points, references, out):
 
 
 @numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
-def _field_mixed4(m32, phases, d, b):
-    """The field at four particles: ``phases`` (4, N) float32 reference phases, ``d``
-    (3, 4) float32 offsets from the reference points; writes the total field into the
-    float64 ``b`` (3, 4).
+def _field_block4(m32, phases, d, b, n0, n1):
+    """Add the field of modes ``n0 <= n < n1`` at four particles to ``b``.
+
+    ``phases`` (4, N) float32 reference phases, ``d`` (3, 4) float32 offsets from the
+    reference points, ``b`` (3, 4) float64 (x, y, z by particle). ``n0`` and ``n1``
+    are unsigned so that numba drops its negative-index handling and LLVM vectorises.
 
     The mode loop is what LLVM vectorises: 8 (AVX2) modes per instruction, four
     independent particles per iteration to hide the latency of the per-step work.
-    The sums are float32 in vector lanes (each lane adds N/8 terms), then float64.
+    The sums are float32 in the vector lanes (each lane adds at most
+    ``MODE_BLOCK / 8`` terms), then float64 in ``b``.
     """
     dx0 = d[0, 0]
     dy0 = d[1, 0]
@@ -144,7 +150,7 @@ def _field_mixed4(m32, phases, d, b):
     bx1 = by1 = bz1 = float32(0.0)
     bx2 = by2 = bz2 = float32(0.0)
     bx3 = by3 = bz3 = float32(0.0)
-    for n in range(m32.shape[1]):
+    for n in range(n0, n1):
         kx = m32[0, n]
         ky = m32[1, n]
         kz = m32[2, n]
@@ -167,18 +173,31 @@ def _field_mixed4(m32, phases, d, b):
         bx3 += ax * c3
         by3 += ay * c3
         bz3 += az * c3
-    b[0, 0] = bx0
-    b[1, 0] = by0
-    b[2, 0] = 1.0 + bz0
-    b[0, 1] = bx1
-    b[1, 1] = by1
-    b[2, 1] = 1.0 + bz1
-    b[0, 2] = bx2
-    b[1, 2] = by2
-    b[2, 2] = 1.0 + bz2
-    b[0, 3] = bx3
-    b[1, 3] = by3
-    b[2, 3] = 1.0 + bz3
+    b[0, 0] += bx0
+    b[1, 0] += by0
+    b[2, 0] += bz0
+    b[0, 1] += bx1
+    b[1, 1] += by1
+    b[2, 1] += bz1
+    b[0, 2] += bx2
+    b[1, 2] += by2
+    b[2, 2] += bz2
+    b[0, 3] += bx3
+    b[1, 3] += by3
+    b[2, 3] += bz3
+
+
+@numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
+def _field_mixed4(m32, phases, d, b):
+    """The total field at four particles into ``b`` (3, 4): :func:`_field_block4`
+    over blocks of :data:`MODE_BLOCK` modes, the block sums added in float64."""
+    for q in range(4):
+        b[0, q] = 0.0
+        b[1, q] = 0.0
+        b[2, q] = 1.0
+    n = m32.shape[1]
+    for n0 in range(0, n, MODE_BLOCK):
+        _field_block4(m32, phases, d, b, numba.uint64(n0), numba.uint64(min(n0 + MODE_BLOCK, n)))
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_CONTRACT, error_model="numpy")

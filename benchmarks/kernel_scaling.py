@@ -1,0 +1,93 @@
+"""How the tracing cost scales with modes, particles and steps (issue 6).
+
+For each precision of the CPU backend, times ``cpu.trace`` (8 log-spaced snapshots,
+``r_L = 0.1``, ``Omega dt = 0.05``, particles starting ~10 L_c out) while varying one
+of: the number of modes, the number of particles, the number of steps. Each point is
+the best of ``--repeats`` runs after a warm-up call; the 1-minute load average is
+recorded next to it (the machine is shared: take final numbers when it is low).
+Fits ``seconds per particle-step = a + b * n_modes`` and reports the deviation of
+``seconds / (particles * steps)`` from constant.
+
+    python benchmarks/kernel_scaling.py [--precisions mixed float64] [--repeats 5]
+                                        [--threads N] [--out scaling.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numba
+import numpy as np
+
+from crsky.backends import cpu
+from crsky.bench import _snapshots, _start_state, machine_info
+from crsky.config import TurbulenceConfig
+from crsky.turbulence import make_modes
+
+
+def timed(precision, n_modes, n_particles, n_steps, repeats):
+    modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
+    pos, vel = _start_state(n_particles)
+    steps = _snapshots(n_steps)
+    cpu.trace(pos[:4], vel[:4], modes, -1.0, 0.05, 0.1, np.array([1, 2]), precision=precision)
+    load = os.getloadavg()[0]
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cpu.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, precision=precision)
+        best = min(best, time.perf_counter() - t0)
+    row = {
+        "precision": precision, "n_modes": n_modes, "n_particles": n_particles, "n_steps": n_steps,
+        "seconds": best, "mode_evals_per_s": n_particles * n_steps * n_modes / best,
+        "particle_steps_per_s": n_particles * n_steps / best, "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
+    print(f"  {precision:7s} modes {n_modes:5d} particles {n_particles:6d} steps {n_steps:6d}: "
+          f"{best:8.3f} s  {row['mode_evals_per_s']:.3e} mode evals/s  (load {load:.1f})", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precisions", nargs="+", default=["mixed", "float64"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the work of every case")
+    ap.add_argument("--out", default="kernel_scaling.json")
+    args = ap.parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    out = {"machine": machine_info(), "threads": numba.get_num_threads(), "cases": {}}
+    for precision in args.precisions:
+        work = args.scale * (4e9 if precision == "mixed" else 1.5e8)  # mode evaluations per point
+        rows = {"modes": [], "particles": [], "steps": []}
+        for n_modes in (64, 128, 256, 512, 1024):
+            rows["modes"].append(timed(precision, n_modes, 3072, max(2, int(work / (3072 * n_modes))), args.repeats))
+        for n_particles in (768, 1536, 3072, 6144, 12288, 24576):
+            rows["particles"].append(timed(precision, 256, n_particles, max(2, int(work / (256 * n_particles))),
+                                           args.repeats))
+        base = max(2, int(work / (256 * 3072)))
+        for factor in (0.25, 0.5, 1, 2, 4):
+            rows["steps"].append(timed(precision, 256, 3072, max(2, int(base * factor)), args.repeats))
+        # cost per particle-step against modes: a + b * n_modes
+        n = np.array([r["n_modes"] for r in rows["modes"]], float)
+        t = np.array([r["seconds"] / (r["n_particles"] * r["n_steps"]) for r in rows["modes"]])
+        b, a = np.polyfit(n, t, 1)
+        fit = {"a_s": a, "b_s_per_mode": b, "max_rel_residual": float(np.max(np.abs(a + b * n - t) / t))}
+        for key in ("particles", "steps"):
+            per = np.array([r["seconds"] / (r["n_particles"] * r["n_steps"]) for r in rows[key]])
+            fit[f"{key}_per_particle_step_spread"] = float(per.max() / per.min() - 1)
+        print(f"{precision}: s/particle-step = {a:.3e} + {b:.3e} * n_modes (max rel. residual "
+              f"{fit['max_rel_residual']:.1%}); spread of s/(particle step) over particle counts "
+              f"{fit['particles_per_particle_step_spread']:.1%}, over step counts {fit['steps_per_particle_step_spread']:.1%}")
+        out["cases"][precision] = {"rows": rows, "fit": fit}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
