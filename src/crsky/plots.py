@@ -1,0 +1,1017 @@
+r"""Figures of a run (``crsky plot RUN_DIR [--observed FILE.csv]``; SPEC sections 4-6).
+
+Everything is drawn from the analysis file ``RUN_DIR/analysis.nc`` (computed with
+:func:`crsky.analysis.analyze` when it is missing or older than the run), except the
+sky maps, which need the trajectories of one realisation from the run store.
+
+Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
+
+``fig2_spectrum_evolution``
+    Mertsch & Ahlers (2015) Fig. 2: ``<C_0>`` (blue), ``<C_1>`` (black),
+    ``<C_2>``..``<C_9>`` (green), the standard-diffusion dipole ``C_1(<dI>)`` (magenta)
+    and the shot noise of eq. (3.1) (red) against ``t Omega``; solid for the gradient
+    along ``B0``, dotted across it; bands are the standard errors over realisations.
+``fig3_spectrum_shape``
+    Fig. 3: ``C_hat_l / C_hat_1`` against ``l`` at three snapshots, BGK curves of eq.
+    (4.7) for ``p = 1/3, 1/2, 2/3`` and the fitted ``p``, the noise band; one panel per
+    gradient.
+``skymaps_<gradient>``
+    Mollweide maps of ``dI`` of one realisation at three times, in *arrival* directions
+    ``-p_i`` (pixels remapped to their antipodes), monopole removed (top row) and
+    monopole and dipole removed (bottom row).
+``diffusion_coefficients``
+    ``K_par(T)``, ``K_perp(T)`` (and the relative ``K~``) in ``L_c c`` against
+    ``t Omega``.
+``observed_comparison`` (with ``observed``)
+    Measured ``C_l`` (absolute, as the paper's Fig. 1) with the late-time simulated
+    ``C_hat_l`` and BGK curves scaled to them by one amplitude each (fitted in log).
+
+Normalisation: the analysis uses ``g = grad n / n`` of unit length in ``1 / L_c``
+(``|grad n / n| = 1 / L_c``), so every ``C_l`` shown is the power of the dimensionless
+``dI`` for that gradient; it scales as ``(|grad n / n| L_c)^2``.
+
+No figure uses ``matplotlib.pyplot``: each is a :class:`matplotlib.figure.Figure` on an
+Agg canvas, so nothing opens a window and a notebook's backend is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import textwrap
+import uuid
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FIGURES_DIR",
+    "STEADY_STATE_T_OMEGA",
+    "BGK_REFERENCE_P",
+    "make_figures",
+    "load_or_analyze",
+    "select_times",
+    "select_map_times",
+    "plot_spectrum_evolution",
+    "plot_spectrum_shape",
+    "plot_sky_maps",
+    "plot_diffusion",
+    "plot_observed",
+    "arrival_map",
+    "save_figure",
+]
+
+#: Sub-directory of the run directory that receives the figures.
+FIGURES_DIR = "figures"
+#: ``t Omega`` past which the paper finds the spectrum in its steady state.
+STEADY_STATE_T_OMEGA = 100.0
+#: The BGK exponents drawn in Fig. 3 (as in the paper).
+BGK_REFERENCE_P = (1.0 / 3.0, 0.5, 2.0 / 3.0)
+
+_DPI = 150
+_GRADIENT_STYLES = {"parallel": "-", "perpendicular": ":"}
+_EXTRA_STYLES = ("--", "-.", (0, (5, 1, 1, 1, 1, 1)))
+_TIME_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # early, middle, late
+_BGK_STYLES = {1.0 / 3.0: ":", 0.5: "-", 2.0 / 3.0: "--"}
+_NEEDED = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
+           "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err")
+
+
+# ---------------------------------------------------------------------------------
+# Matplotlib plumbing
+# ---------------------------------------------------------------------------------
+def _use_agg() -> None:
+    """Select Agg unless pyplot is already in use (then leave the user's backend alone)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, directory, stem: str, formats=("png", "pdf"), dpi: int = _DPI) -> list[Path]:
+    """Write ``fig`` as ``directory/stem.<fmt>`` for each format, each atomically.
+
+    Each file is written under a temporary name in ``directory`` and renamed into
+    place, so a reader never sees a half-written figure. The PNG has exactly
+    ``figsize * dpi`` pixels (no tight bounding box).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in the order of ``formats``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        target = directory / f"{stem}.{fmt}"
+        # a unique temporary name, created with the umask's permissions (unlike mkstemp)
+        tmp = directory / f".{stem}.{fmt}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        out.append(target)
+    return out
+
+
+def _metadata(fmt: str) -> dict:
+    # No creation date: the same run gives the same PDF bytes.
+    if fmt == "pdf":
+        return {"Creator": "crsky", "CreationDate": None}
+    if fmt == "png":
+        return {"Software": "crsky"}
+    return {}
+
+
+# ---------------------------------------------------------------------------------
+# Data access
+# ---------------------------------------------------------------------------------
+def load_or_analyze(run_dir):
+    """The analysis Dataset of a run, (re)computed when missing or out of date.
+
+    ``RUN_DIR/analysis.nc`` is recomputed with :func:`crsky.analysis.analyze` (which
+    also rewrites ``summary.json``) when it does not exist, cannot be read, lacks a
+    variable the figures need, belongs to another configuration, or covers other
+    realisations than the run now holds (a resumed run).
+
+    Raises
+    ------
+    crsky.store.RunDirError
+        ``run_dir`` is not a run directory or holds no completed realisation.
+    """
+    from .analysis import ANALYSIS_FILE, analyze, load_analysis
+    from .store import RunStore
+
+    store = RunStore.existing(run_dir)
+    path = Path(run_dir) / ANALYSIS_FILE
+    if path.is_file():
+        try:
+            ds = load_analysis(path)
+        except Exception:  # noqa: BLE001 - unreadable: recompute
+            ds = None
+        if ds is not None and _analysis_current(ds, store):
+            return ds
+    ds, _ = analyze(run_dir)
+    return ds
+
+
+def _analysis_current(ds, store) -> bool:
+    if any(name not in ds for name in _NEEDED):
+        return False
+    if ds.attrs.get("config_sha256") not in (None, store.config().digest()):
+        return False
+    return sorted(int(r) for r in ds["realisation"].values) == store.completed()
+
+
+def _config(ds) -> dict:
+    try:
+        return json.loads(ds.attrs.get("config", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _run_label(ds) -> str:
+    """One line describing the run, for figure subtitles."""
+    cfg = _config(ds)
+    parts = []
+    turb = cfg.get("turbulence", {})
+    if turb:
+        text = f"{turb.get('geometry', '?')} turbulence, {turb.get('n_modes', '?')} modes"
+        if isinstance(turb.get("sigma2"), (int, float)):
+            text += f", $\\sigma^2$ = {turb['sigma2']:g}"
+        parts.append(text)
+    rl = cfg.get("particles", {}).get("rl")
+    if rl is not None:
+        parts.append(f"$r_L$ = {rl:g} $L_c$")
+    nside = ds.attrs.get("nside")
+    if nside is not None:
+        parts.append(f"nside {int(nside)} ({int(ds.attrs.get('npix', 12 * int(nside) ** 2))} CRs/map)")
+    parts.append(f"{int(ds.sizes['realisation'])} realisations")
+    return ", ".join(parts)
+
+
+def _rl(ds) -> float:
+    rl = _config(ds).get("particles", {}).get("rl")
+    if rl is None:
+        T = np.asarray(ds["T"].values, dtype=float)
+        t = np.asarray(ds["t_omega"].values, dtype=float)
+        return float(T[-1] / t[-1])
+    return float(rl)
+
+
+def _gradient_names(ds) -> list[str]:
+    return [str(g) for g in ds["gradient"].values]
+
+
+def _gradient_style(name: str, k: int):
+    return _GRADIENT_STYLES.get(name, _EXTRA_STYLES[k % len(_EXTRA_STYLES)])
+
+
+def _gradient_text(ds, name: str) -> str:
+    g = np.asarray(ds["gradient_vector"].sel(gradient=name).values, dtype=float)
+    if name == "parallel":
+        return r"$\nabla n/n \parallel \mathbf{B}_0$ ($\hat z / L_c$)"
+    if name == "perpendicular":
+        return r"$\nabla n/n \perp \mathbf{B}_0$ ($\hat x / L_c$)"
+    return f"{name}: $\\nabla n/n$ = ({g[0]:.3g}, {g[1]:.3g}, {g[2]:.3g}) / $L_c$"
+
+
+def _positive_band(mean, err, floor_factor: float = 0.01):
+    """Lower and upper edge of ``mean +- err`` for a log axis (lower edge clipped)."""
+    mean = np.asarray(mean, dtype=float)
+    err = np.nan_to_num(np.asarray(err, dtype=float), nan=0.0)
+    lo = np.maximum(mean - err, floor_factor * np.abs(mean))
+    hi = mean + err
+    return lo, hi
+
+
+def _add_time_axis(ax, rl: float) -> None:
+    """Secondary top axis with ``T`` in ``L_c / c`` (``T = t Omega r_L``)."""
+    sec = ax.secondary_xaxis("top", functions=(lambda t: t * rl, lambda T: T / rl))
+    sec.set_xlabel(r"backtracking time $T$  [$L_c/c$]")
+
+
+# ---------------------------------------------------------------------------------
+# Snapshot choice
+# ---------------------------------------------------------------------------------
+def select_times(t_omega, n: int = 3, t_steady: float = STEADY_STATE_T_OMEGA) -> tuple[np.ndarray, bool]:
+    """Indices of ``n`` snapshots for Fig. 3: early, middle and late in the steady state.
+
+    If at least ``n`` snapshots have ``t Omega >= t_steady``: the first and the last of
+    them and, between, those closest to log-equal spacing. Otherwise: the last snapshot
+    and earlier ones log-spaced over the last two decades (the steady state is not
+    reached).
+
+    Returns
+    -------
+    indices : numpy.ndarray of int
+        Increasing snapshot indices (fewer than ``n`` if the run has fewer snapshots).
+    steady : bool
+        Whether all chosen snapshots are at ``t Omega >= t_steady``.
+    """
+    t = np.asarray(t_omega, dtype=float)
+    late = np.flatnonzero(t >= t_steady)
+    if late.size >= n:
+        pool, lo, hi = late, t[late[0]], t[late[-1]]
+        steady = True
+    else:
+        pool = np.arange(t.size)
+        hi = t[-1]
+        lo = max(t[0], hi / 100.0)
+        steady = bool(late.size == t.size)
+    return _nearest_log(t, pool, np.geomspace(lo, hi, n) if n > 1 else np.array([hi])), steady
+
+
+def select_map_times(t_omega, n: int = 3) -> np.ndarray:
+    """Indices of ``n`` snapshots for the sky maps: log-spaced from ``t Omega ~ 1`` to the end."""
+    t = np.asarray(t_omega, dtype=float)
+    lo = min(max(t[0], 1.0), t[-1])
+    return _nearest_log(t, np.arange(t.size), np.geomspace(lo, t[-1], n) if n > 1 else np.array([t[-1]]))
+
+
+def _nearest_log(t, pool, targets) -> np.ndarray:
+    chosen: list[int] = []
+    available = list(pool)
+    for target in targets[::-1]:  # the last target first: it must be the last snapshot
+        if not available:
+            break
+        k = min(available, key=lambda i: abs(math.log(t[i] / target)))
+        chosen.append(int(k))
+        available.remove(k)
+    return np.array(sorted(chosen), dtype=int)
+
+
+# ---------------------------------------------------------------------------------
+# Fig. 2
+# ---------------------------------------------------------------------------------
+def plot_spectrum_evolution(ds):
+    """Fig. 2 of Mertsch & Ahlers (2015): ``<C_l>(t Omega)`` with standard dipole and noise.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An analysis (:func:`crsky.analysis.analyze_run`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.lines import Line2D
+
+    fig = _new_figure(8.0, 6.2)
+    ax = fig.add_axes([0.11, 0.10, 0.58, 0.74])
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    lmax = int(ds.sizes["ell"]) - 1
+    high = range(2, min(9, lmax) + 1)
+    greens = _green_shades(len(high))
+    for k, name in enumerate(_gradient_names(ds)):
+        ls = _gradient_style(name, k)
+        d = ds.sel(gradient=name)
+        cl = np.asarray(d["cl"].values, dtype=float)
+        err = np.asarray(d["cl_err"].values, dtype=float)
+        series = [(0, "tab:blue", 2.0)] + [(1, "black", 2.0)] + [(l, greens[i], 1.1) for i, l in enumerate(high)]
+        for ell, colour, lw in series:
+            if ell > lmax:
+                continue
+            ax.plot(t, cl[:, ell], ls=ls, color=colour, lw=lw)
+            lo, hi = _positive_band(cl[:, ell], err[:, ell])
+            ax.fill_between(t, lo, hi, color=colour, alpha=0.12 if ell >= 2 else 0.18, lw=0)
+        dip = np.asarray(d["dipole_standard"].values, dtype=float)
+        ax.plot(t, dip, ls=ls, color="magenta", lw=2.0)
+        if "dipole_standard_unbiased" in d:
+            # C_1 of the R-realisation mean map carries (<C_1> - C_1(E dI)) / R of
+            # realisation scatter; shade down to the estimate without it
+            unbiased = np.asarray(d["dipole_standard_unbiased"].values, dtype=float)
+            ax.fill_between(t, np.maximum(unbiased, 0.01 * dip), dip, color="magenta", alpha=0.15, lw=0)
+        ax.plot(t, d["noise"].values, ls=ls, color="red", lw=1.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(t[0], t[-1])
+    _clip_bottom(ax)
+    ax.set_xlabel(r"backtracking time  $t\,\Omega$")
+    ax.set_ylabel(r"angular power $\langle C_\ell\rangle$ of $\delta I$" "\n"
+                  r"for $|\nabla n/n| = 1/L_c$  (scales as $|\nabla n/n|^2 L_c^2$)")
+    _steady_marker(ax, t)
+    _add_time_axis(ax, _rl(ds))
+    ax.grid(True, which="major", alpha=0.3)
+
+    colour_handles = [
+        Line2D([], [], color="tab:blue", lw=2, label=r"$\langle C_0\rangle$ (monopole)"),
+        Line2D([], [], color="black", lw=2, label=r"$\langle C_1\rangle$ (dipole)"),
+    ]
+    if len(high):
+        colour_handles.append(Line2D([], [], color=greens[len(greens) // 2], lw=1.5,
+                                     label=rf"$\langle C_\ell\rangle$, $\ell$ = 2..{high[-1]} (dark to light)"))
+    colour_handles += [
+        Line2D([], [], color="magenta", lw=2, label="standard-diffusion dipole\n"
+               r"$C_1$ of $\langle\delta I\rangle$ (eq. 1.1)"),
+        _band_handle("shade: down to the estimate\nwithout the $\\langle C_1\\rangle/R$ bias",
+                     colour="magenta"),
+        Line2D([], [], color="red", lw=1.6, label="shot noise $\\mathcal{N}$ (eq. 3.1)"),
+    ]
+    style_handles = [Line2D([], [], color="0.3", ls=_gradient_style(n, k), lw=1.8, label=_gradient_text(ds, n))
+                     for k, n in enumerate(_gradient_names(ds))]
+    band = [_band_handle("standard error over\nrealisations")]
+    leg1 = fig.legend(handles=colour_handles, loc="upper left", bbox_to_anchor=(0.705, 0.84), fontsize=8.5,
+                      title="colour: quantity", title_fontsize=9, frameon=False)
+    leg2 = fig.legend(handles=style_handles + band, loc="upper left", bbox_to_anchor=(0.705, 0.43), fontsize=8.5,
+                      title="line style: gradient", title_fontsize=9, frameon=False)
+    del leg1, leg2
+    fig.suptitle("Angular power spectrum against backtracking time (cf. Mertsch & Ahlers 2015, Fig. 2)",
+                 fontsize=11, x=0.5, y=0.985)
+    fig.text(0.5, 0.945, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    return fig
+
+
+def _green_shades(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["Greens"]
+    if n <= 0:
+        return []
+    return [cmap(v) for v in np.linspace(0.95, 0.45, n)]
+
+
+def _band_handle(label: str, colour="0.5"):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=colour, alpha=0.25, lw=0, label=label)
+
+
+def _clip_bottom(ax, decades: float = 9.0) -> None:
+    """Keep at most ``decades`` decades on a log y axis (bands clipped near zero)."""
+    lo, hi = ax.get_ylim()
+    if hi > 0 and lo > 0 and math.log10(hi / lo) > decades:
+        ax.set_ylim(hi / 10.0**decades, hi)
+
+
+def _steady_marker(ax, t) -> None:
+    if t[0] < STEADY_STATE_T_OMEGA < t[-1]:
+        ax.axvline(STEADY_STATE_T_OMEGA, color="0.6", lw=0.8, ls="--", zorder=0)
+        ax.text(STEADY_STATE_T_OMEGA * 1.06, 0.03, r"$t\Omega$ = 100", transform=ax.get_xaxis_transform(),
+                fontsize=8, color="0.45", rotation=90, va="bottom")
+
+
+# ---------------------------------------------------------------------------------
+# Fig. 3
+# ---------------------------------------------------------------------------------
+def plot_spectrum_shape(ds, times=None):
+    """Fig. 3: ``C_hat_l / C_hat_1`` at three snapshots with BGK curves and the noise band.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An analysis.
+    times : sequence of int, optional
+        Snapshot indices; default :func:`select_times`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per gradient. Points: ``C_hat_l / C_hat_1`` with the standard error
+        of ``<C_l>`` over realisations (``/ C_hat_1``), slightly offset in ``l`` per
+        snapshot. Thin steps: the noise level ``sigma_N(l) / C_hat_1`` of each snapshot,
+        the 1-sigma noise of the estimate (``noise_err`` = ``N sqrt(2/((2l+1)R))``);
+        grey: below that level at the latest snapshot. Lines: eq. (4.7) for
+        ``p = 1/3, 1/2, 2/3`` (normalised to 1 at ``l = 1``, as the paper) and the fitted
+        ``p`` of the analysis (last snapshot, with the free normalisation of the fit, thick
+        over the fitted multipoles) with its 1-sigma range. Points with
+        ``C_hat_l <= 0`` cannot be shown on the log axis and are counted in the legend.
+    """
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    if times is None:
+        times, steady = select_times(t)
+    else:
+        times = np.asarray(times, dtype=int)
+        steady = bool(np.all(t[times] >= STEADY_STATE_T_OMEGA))
+    names = _gradient_names(ds)
+    lmax = int(ds.sizes["ell"]) - 1
+    ell = np.arange(1, lmax + 1)
+    fig = _new_figure(6.0 * len(names) + 0.4, 6.8)
+    axes = [fig.add_axes([0.07 + k * (0.92 / len(names)), 0.285, 0.92 / len(names) - 0.085, 0.59])
+            for k in range(len(names))]
+    colours = _time_colours(len(times))
+    l_curve = np.unique(np.geomspace(1, max(lmax, 2), 400).round().astype(int))
+    l_curve = l_curve[l_curve <= lmax]
+    for ax, name in zip(axes, names):
+        d = ds.sel(gradient=name)
+        cl_hat = np.asarray(d["cl_hat"].values, dtype=float)
+        cl_err = np.asarray(d["cl_err"].values, dtype=float)
+        nerr = np.asarray(d["noise_err"].values, dtype=float)
+        handles = []
+        shown_max, shown_min = 1.0, 1.0
+        for n_t, (colour, k) in enumerate(zip(colours, times)):
+            shift = 1.0 + 0.035 * (n_t - (len(times) - 1) / 2.0)  # side by side, not on top
+            c1 = cl_hat[k, 1]
+            label = rf"$t\Omega$ = {t[k]:.3g}"
+            if not c1 > 0:
+                handles.append(Line2D([], [], color=colour, marker="o", ls="none",
+                                      label=label + r": $\hat C_1 \leq 0$, not shown"))
+                continue
+            ratio = cl_hat[k, 1:] / c1
+            rerr = cl_err[k, 1:] / c1
+            band = nerr[k, 1:] / c1
+            pos = ratio > 0
+            if k == times[-1]:  # shade below the latest noise level, outline the others
+                floor = 1e-3 * np.nanmin(band[band > 0]) if np.any(band > 0) else 1e-12
+                ax.fill_between(ell, floor, band, step="mid", color="0.5", alpha=0.18, lw=0, zorder=0.5)
+            ax.step(ell, band, where="mid", color=colour, lw=0.8, alpha=0.9, zorder=1)
+            lo = np.minimum(rerr, ratio - np.maximum(ratio - rerr, 0.02 * ratio))
+            ax.errorbar(ell[pos] * shift, ratio[pos], yerr=[lo[pos], rerr[pos]], fmt="o", ms=4, color=colour,
+                        mfc=colour, capsize=0, lw=1.0, zorder=3)
+            n_neg = int(np.sum(~pos))
+            if n_neg:
+                label += f" ({n_neg} $\\ell$ with $\\hat C_\\ell \\leq 0$ not shown)"
+            handles.append(Line2D([], [], color=colour, marker="o", ls="-", lw=1.0, ms=4, label=label))
+            if np.any(pos):
+                shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
+                shown_min = min(shown_min, float(np.min(ratio[pos])))
+        for p in BGK_REFERENCE_P:
+            ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
+            handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
+                                  label=f"BGK eq. 4.7, p = {_frac(p)}"))
+        p_fit = float(d["p_fit"].values)
+        if math.isfinite(p_fit) and 0 < p_fit <= 1:
+            handles.append(_draw_fit(ax, d, t, lmax, l_curve, cl_hat[-1], nerr[-1]))
+        else:
+            handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
+                                  + _fit_status(ds, name)))
+        handles.append(Line2D([], [], color="0.3", lw=0.8, drawstyle="steps-mid",
+                              label=r"thin steps: noise $\sigma_\mathcal{N}(\ell)/\hat C_1$ (1$\sigma$) per time"))
+        handles.append(_band_handle(r"below the noise level of the latest time"))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(0.85, lmax * 1.15)
+        bottom = max(min(shown_min, float(bgk_ratio(BGK_REFERENCE_P[0], lmax)[-1])) / 3.0, 1e-8)
+        ax.set_ylim(bottom, shown_max * 2.0)
+        ax.set_xlabel(r"multipole $\ell$")
+        ax.set_ylabel(r"$\hat C_\ell / \hat C_1$,   $\hat C_\ell = \langle C_\ell\rangle - \mathcal{N}$")
+        ax.set_title(_gradient_text(ds, name), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7.5,
+                  frameon=False)
+    state = ("snapshots in the steady state" if steady else
+             rf"no three snapshots past $t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state not reached")
+    fig.suptitle("Shape of the angular power spectrum (cf. Mertsch & Ahlers 2015, Fig. 3)", fontsize=11, y=0.99)
+    fig.text(0.5, 0.94, f"{_run_label(ds)};  {state}", ha="center", fontsize=8.5, color="0.3")
+    return fig
+
+
+def _fit_status(ds, name: str) -> str:
+    """The analysis' fit status of one gradient, wrapped for a legend."""
+    status = "see the analysis attribute fit_status"
+    for part in str(ds.attrs.get("fit_status", "")).split("; "):
+        if part.startswith(f"{name}: "):
+            status = part[len(name) + 2:]
+    return "\n".join(textwrap.wrap(status.replace("l >=", "$\\ell \\geq$"), 44))
+
+
+def _fit_norm(d, lmax: int, cl_hat_last, nerr_last) -> float:
+    """Normalisation ``A`` of the BGK fit (``A C_l/C_1`` with the fitted ``p``).
+
+    The analysis fits with a free normalisation (:func:`crsky.bgk.fit_p`); when it does
+    not store ``A`` (variable ``fit_norm``), ``A`` is recomputed exactly as ``fit_p``
+    profiles it, ``A = sum w r R / sum w R^2`` over the fit range with
+    ``w = (C_hat_1 / sigma_N(l))^2`` (the errors the analysis fits with).
+    """
+    from .bgk import bgk_ratio
+
+    if "fit_norm" in d:
+        value = float(d["fit_norm"].values)
+        if math.isfinite(value) and value > 0:
+            return value
+    p = float(d["p_fit"].values)
+    lo = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
+    hi = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
+    c1 = float(cl_hat_last[1])
+    if lo < 1 or hi < lo or not c1 > 0:
+        return 1.0
+    ells = np.arange(lo, hi + 1)
+    r = np.asarray(cl_hat_last, dtype=float)[ells] / c1
+    sig = np.asarray(nerr_last, dtype=float)[ells] / c1
+    R = bgk_ratio(min(p, 1.0 - 1e-9), hi)[ells - 1]
+    w = np.where(sig > 0, 1.0 / np.where(sig > 0, sig, 1.0) ** 2, 0.0)
+    if not np.any(w > 0):
+        w = np.ones_like(r)
+    den = float(np.sum(w * R * R))
+    return float(np.sum(w * r * R) / den) if den > 0 else 1.0
+
+
+def _draw_fit(ax, d, t, lmax: int, l_curve, cl_hat_last, nerr_last):
+    """The fitted BGK curve (thick over the fit range), its 1-sigma band; the legend handle."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    def ratio(p):
+        return bgk_ratio(min(max(p, 1e-6), 1.0 - 1e-9), lmax)[l_curve - 1]
+
+    p_fit = float(d["p_fit"].values)
+    p_err = float(d["p_err"].values)
+    amp = _fit_norm(d, lmax, cl_hat_last, nerr_last)
+    lo_fit = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
+    hi_fit = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
+    ax.plot(l_curve, amp * ratio(p_fit), color="crimson", lw=1.2, ls="-", zorder=2.5, alpha=0.8)
+    inside = (l_curve >= lo_fit) & (l_curve <= hi_fit)
+    ax.plot(l_curve[inside], amp * ratio(p_fit)[inside], color="crimson", lw=3.0, zorder=2.6, alpha=0.8,
+            solid_capstyle="butt")
+    lo_p = float(d["p_lo"].values) if "p_lo" in d else p_fit - p_err
+    hi_p = float(d["p_hi"].values) if "p_hi" in d else p_fit + p_err
+    if math.isfinite(lo_p) and math.isfinite(hi_p) and hi_p > lo_p:
+        ax.fill_between(l_curve, amp * ratio(lo_p), amp * ratio(hi_p), color="crimson", alpha=0.15, lw=0,
+                        zorder=1.5)
+    edge = " (edge of 0 < p < 1)" if p_fit >= 1.0 - 1e-4 or p_fit <= 1e-4 else ""
+    label = (f"fit at $t\\Omega$ = {t[-1]:.3g}: p = {p_fit:.2f} $\\pm$ {p_err:.2f}{edge}\n"
+             f"free norm. A = {amp:.2g}; thick: fitted $\\ell$ = {lo_fit}..{hi_fit}")
+    return Line2D([], [], color="crimson", lw=2.0, label=label)
+
+
+def _time_colours(n: int) -> list:
+    if n <= len(_TIME_COLOURS):
+        return list(_TIME_COLOURS[:n]) if n < 3 else list(_TIME_COLOURS)
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](v) for v in np.linspace(0, 0.9, n)]
+
+
+def _frac(p: float) -> str:
+    for text, value in (("1/3", 1 / 3), ("1/2", 0.5), ("2/3", 2 / 3)):
+        if abs(p - value) < 1e-12:
+            return text
+    return f"{p:g}"
+
+
+# ---------------------------------------------------------------------------------
+# Sky maps
+# ---------------------------------------------------------------------------------
+def arrival_map(values) -> np.ndarray:
+    """Remap a HEALPix map (RING) from momentum directions ``p_i`` to arrival directions ``-p_i``.
+
+    Pixel ``i`` of the input belongs to the particle with momentum direction ``p_i``
+    (SPEC section 1); it arrives from ``-p_i``, the centre of the antipodal pixel
+    (the HEALPix grid is symmetric under ``n -> -n``, so this is an exact permutation).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out[antipode(i)] = values[i]``.
+    """
+    import healpy as hp
+
+    values = np.asarray(values)
+    nside = hp.npix2nside(values.shape[-1])
+    v = np.array(hp.pix2vec(nside, np.arange(values.shape[-1])))
+    anti = hp.vec2pix(nside, -v[0], -v[1], -v[2])
+    out = np.empty_like(values)
+    out[..., anti] = values
+    return out
+
+
+def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | None = None, times=None):
+    """Mollweide maps of ``dI`` of one realisation at three times, in arrival directions.
+
+    ``dI_i = [x_i(-T) - 3 K p_i(-T)] . g`` with the ``K`` and ``g`` of the analysis
+    (``K_map``, ``gradient_vector``), remapped with :func:`arrival_map` so that each
+    point of the sky shows the intensity arriving *from* that direction. Coordinates:
+    the simulation frame, ``B0`` along ``+z`` at the north pole, ``+x`` at the centre
+    (longitude 0), longitude increasing to the left (astronomical convention, as
+    ``healpy.mollview``). Top row: ``dI`` minus its sky mean; bottom row: monopole and
+    dipole removed (``healpy.remove_dipole``), the small-scale structure. Each panel has
+    its own symmetric colour scale.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory (trajectories are read from its store).
+    ds : xarray.Dataset
+        The analysis of that run.
+    gradient : str, optional
+        Gradient name; default ``"parallel"`` if present, else the first.
+    realisation : int, optional
+        Realisation index; default the first in the analysis.
+    times : sequence of int, optional
+        Snapshot indices; default :func:`select_map_times`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import healpy as hp
+
+    from .analysis import relative_intensity
+    from .store import RunStore
+
+    names = _gradient_names(ds)
+    if gradient is None:
+        gradient = "parallel" if "parallel" in names else names[0]
+    if gradient not in names:
+        raise ValueError(f"gradient {gradient!r} is not in the analysis (has {', '.join(names)})")
+    if realisation is None:
+        realisation = int(ds["realisation"].values[0])
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    times = select_map_times(t) if times is None else np.asarray(times, dtype=int)
+
+    store = RunStore.existing(run_dir)
+    if int(realisation) not in store.completed():
+        raise ValueError(f"realisation {realisation} is not complete in {run_dir}")
+    r = store.read_realisation(int(realisation))
+    x = np.asarray(r["x"].values, dtype=float)
+    p = np.asarray(r["p"].values, dtype=float)
+    t_r = np.asarray(r["t_omega"].values, dtype=float)
+    if t_r.shape != t.shape or not np.allclose(t_r, t, rtol=1e-9):
+        raise ValueError(f"realisation {realisation} has other snapshot times than the analysis; re-run analyze")
+    g = np.asarray(ds["gradient_vector"].sel(gradient=gradient).values, dtype=float)
+    K_map = np.asarray(ds["K_map"].values, dtype=float)
+    nside = hp.npix2nside(x.shape[1])
+
+    n = len(times)
+    fig = _new_figure(4.3 * n + 0.3, 6.6)
+    proj = hp.projector.MollweideProj(xsize=700)
+    vec2pix = partial(hp.vec2pix, nside)
+    width = 0.96 / n
+    for col, k in enumerate(times):
+        dI = relative_intensity(x[k], p[k], g, K_map[k])
+        sky = arrival_map(dI)
+        mean = float(sky.mean())
+        rows = [
+            (sky - mean, r"$\delta I - \langle\delta I\rangle_\mathrm{sky}$", f"sky mean {mean:+.3g} removed"),
+            (_without_dipole(sky), r"$\delta I$, $\ell \leq 1$ removed", "monopole + dipole removed"),
+        ]
+        for row, (m, cbar_label, note) in enumerate(rows):
+            ax = fig.add_axes([0.02 + col * width, 0.53 - row * 0.45, width - 0.02, 0.33])
+            _draw_mollweide(fig, ax, proj, m, vec2pix, cbar_label)
+            title = rf"$t\Omega$ = {t[k]:.3g}" if row == 0 else ""
+            ax.set_title(f"{title}\n{note}" if title else note, fontsize=9)
+    fig.suptitle(f"Relative intensity $\\delta I$ in ARRIVAL directions $-\\hat p_i$; realisation {realisation}, "
+                 f"{_gradient_text(ds, gradient)}", fontsize=10.5, y=0.985)
+    fig.text(0.5, 0.925, "Mollweide, simulation frame: $\\mathbf{B}_0$ along +z (north pole), +x at the centre, "
+             "longitude increasing to the left;  " + _run_label(ds), ha="center", fontsize=8, color="0.3")
+    return fig
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _without_dipole(m) -> np.ndarray:
+    """``m`` minus its least-squares monopole and dipole (``healpy.remove_dipole``)."""
+    import healpy as hp
+
+    with _quiet():
+        return np.asarray(hp.remove_dipole(np.asarray(m, dtype=float), fitval=False), dtype=float)
+
+
+def _draw_mollweide(fig, ax, proj, m, vec2pix, cbar_label: str) -> None:
+    with _quiet():
+        img = np.asarray(proj.projmap(np.asarray(m, dtype=float), vec2pix), dtype=float)
+    img = np.ma.masked_invalid(np.where(np.isfinite(img), img, np.nan))
+    vmax = float(np.nanmax(np.abs(m))) or 1.0
+    im = ax.imshow(img, origin="lower", extent=proj.get_extent(), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                   interpolation="nearest", aspect="equal")
+    # graticule every 30 degrees and the outline
+    for lat in (-60, -30, 0, 30, 60):
+        lon = np.linspace(-180, 180, 181)
+        x, y = proj.ang2xy(lon, np.full_like(lon, lat), lonlat=True)
+        ax.plot(x, y, color="0.35", lw=0.4, alpha=0.6)
+    for lon0 in range(-150, 181, 30):
+        lat = np.linspace(-90, 90, 91)
+        x, y = proj.ang2xy(np.full_like(lat, float(lon0)), lat, lonlat=True)
+        ax.plot(x, y, color="0.35", lw=0.4, alpha=0.6 if lon0 not in (180, -180) else 0)
+    lon = np.linspace(-180, 180, 361)
+    for edge in (179.999, -179.999):
+        x, y = proj.ang2xy(np.full(181, edge), np.linspace(-90, 90, 181), lonlat=True)
+        ax.plot(x, y, color="black", lw=0.8)
+    del lon
+    ax.text(0.0, 1.04, "+z", ha="center", va="bottom", fontsize=7)
+    ax.text(0.0, -1.04, "\u2212z", ha="center", va="top", fontsize=7)
+    ax.text(0.0, 0.0, "+x", ha="center", va="center", fontsize=7, color="0.1")
+    xl, yl = proj.ang2xy(90.0, 0.0, lonlat=True)
+    ax.text(float(xl), float(yl), "+y", ha="center", va="center", fontsize=7, color="0.1")
+    ax.set_xlim(-2.05, 2.05)
+    ax.set_ylim(-1.12, 1.12)
+    ax.set_axis_off()
+    cbar = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.07, pad=0.02, aspect=30)
+    cbar.set_label(cbar_label + r"  (dimensionless, $|\nabla n/n| = 1/L_c$)", fontsize=7.5)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.formatter.set_powerlimits((-2, 3))
+    cbar.update_ticks()
+
+
+# ---------------------------------------------------------------------------------
+# Diffusion coefficients
+# ---------------------------------------------------------------------------------
+def plot_diffusion(ds):
+    """Running ``K_par(T)``, ``K_perp(T)`` and the relative ``K~`` (eq. 2.4), in ``L_c c``.
+
+    Solid: ``K^s = <x x> / (2T)`` over all particles and realisations (``K_par = K_zz``,
+    ``K_perp = (K_xx + K_yy)/2``); dashed: the relative diffusion coefficients ``K~^s``
+    (pairs of one sky); bands: standard errors over realisations; grey: the ballistic
+    limit ``T / 6`` of each component.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _new_figure(7.5, 5.6)
+    ax = fig.add_axes([0.12, 0.11, 0.84, 0.69])
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    T = np.asarray(ds["T"].values, dtype=float)
+    series = [("K_par", "tab:blue", "-", r"$K_\parallel = K^s_{zz}$"),
+              ("K_perp", "tab:orange", "-", r"$K_\perp = (K^s_{xx} + K^s_{yy})/2$")]
+    if "K_rel_par" in ds and "K_rel_perp" in ds:
+        series += [("K_rel_par", "tab:blue", "--", r"relative $\tilde K_\parallel$ (eq. 2.4)"),
+                   ("K_rel_perp", "tab:orange", "--", r"relative $\tilde K_\perp$ (eq. 2.4)")]
+    for var, colour, ls, label in series:
+        y = np.asarray(ds[var].values, dtype=float)
+        ax.plot(t, y, color=colour, ls=ls, lw=1.8, label=label)
+        if f"{var}_err" in ds:
+            lo, hi = _positive_band(y, ds[f"{var}_err"].values)
+            ax.fill_between(t, lo, hi, color=colour, alpha=0.2, lw=0)
+    ax.plot(t, T / 6.0, color="0.5", ls=":", lw=1.2, label=r"ballistic limit $T/6$ (c = 1)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(t[0], t[-1])
+    ymin = np.nanmin([np.nanmin(ds[v].values) for v, *_ in series])
+    ymax = np.nanmax([np.nanmax(ds[v].values) for v, *_ in series])
+    if np.isfinite(ymin) and np.isfinite(ymax) and ymin > 0:
+        ax.set_ylim(ymin / 2.0, ymax * 3.0)
+    ax.set_xlabel(r"backtracking time  $t\,\Omega$")
+    ax.set_ylabel(r"running diffusion coefficient  $\langle x_i x_j\rangle/(2T)$   [$L_c\,c$]")
+    _steady_marker(ax, t)
+    _add_time_axis(ax, _rl(ds))
+    ax.grid(True, which="major", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(_band_handle("standard error over realisations"))
+    ax.legend(handles=handles, loc="upper left", fontsize=8.5, framealpha=0.9)
+    last = (f"at $t\\Omega$ = {t[-1]:.3g}: $K_\\parallel$ = {float(ds['K_par'][-1]):.3g} $\\pm$ "
+            f"{float(ds['K_par_err'][-1]):.2g}, $K_\\perp$ = {float(ds['K_perp'][-1]):.3g} $\\pm$ "
+            f"{float(ds['K_perp_err'][-1]):.2g}  $L_c c$")
+    fig.suptitle("Diffusion coefficients against backtracking time", fontsize=11, y=0.985)
+    fig.text(0.5, 0.935, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    fig.text(0.5, 0.905, last, ha="center", fontsize=8.5, color="0.15")
+    return fig
+
+
+# ---------------------------------------------------------------------------------
+# Observed spectra
+# ---------------------------------------------------------------------------------
+def _scale_to(model_ell, model, obs) -> float | None:
+    """Amplitude ``A`` of ``A model`` fitted to the observed ``C_l`` on a log scale.
+
+    Weighted least squares in ``ln C_l`` over the multipoles where both are positive,
+    with the relative errors ``sigma_l / C_l`` (weights ``(C_l / sigma_l)^2``; equal
+    weights if some error is zero): ``ln A = sum w (ln C_obs - ln C_model) / sum w``.
+    A fit in linear ``C_l`` would be set by the few smallest absolute errors at high
+    ``l`` and miss the low multipoles by orders of magnitude on the log axes shown.
+    """
+    lookup = dict(zip(np.asarray(model_ell).tolist(), np.asarray(model, dtype=float).tolist()))
+    pairs = [(lookup[int(l)], c, e) for l, c, e in zip(obs.ell, obs.cl, obs.error)
+             if int(l) in lookup and c > 0 and lookup[int(l)] > 0 and math.isfinite(lookup[int(l)])]
+    if not pairs:
+        return None
+    s, o, e = (np.array(v, dtype=float) for v in zip(*pairs))
+    w = (o / e) ** 2 if np.all(e > 0) else np.ones_like(o)
+    return float(np.exp(np.sum(w * (np.log(o) - np.log(s))) / np.sum(w)))
+
+
+def plot_observed(ds, observed, time=None):
+    """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
+
+    The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
+    its absolute level is not a prediction for the sky. Each simulated curve is therefore
+    scaled by one amplitude ``A`` (:func:`_scale_to`: least squares in ``ln C_l`` with
+    the observed relative errors, over the multipoles both have), which absorbs
+    ``(|grad n / n| L_c)^2`` and the rest; the comparison is of the *shape*. Curves: the simulated ``C_hat_l`` of every gradient at
+    one snapshot (default the last), and the BGK spectrum for ``p = 1/2`` and the fitted
+    ``p`` scaled to the first observed spectrum over all its multipoles. Observed noise
+    levels (if the file has them) are dotted steps, as in the paper's Fig. 1.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An analysis.
+    observed : ObservedSpectrum or sequence of them
+        From :func:`crsky.observed.read_observed`.
+    time : int, optional
+        Snapshot index of the simulated spectrum; default the last.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+    from .observed import ObservedSpectrum
+
+    obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
+    if not obs_list:
+        raise ValueError("no observed spectrum given")
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    k = t.size - 1 if time is None else int(time)
+    lmax_sim = int(ds.sizes["ell"]) - 1
+    lmax_all = max(lmax_sim, max(int(o.ell.max()) for o in obs_list))
+
+    fig = _new_figure(9.0, 6.0)
+    ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
+    handles = []
+    markers = ("o", "s", "D", "^", "v")
+    obs_colours = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+    for i, obs in enumerate(obs_list):
+        colour, marker = obs_colours[i % 5], markers[i % 5]
+        pos = obs.cl > 0
+        lo = np.minimum(obs.error, obs.cl - 0.02 * obs.cl)
+        ax.errorbar(obs.ell[pos], obs.cl[pos], yerr=[lo[pos], obs.error[pos]], fmt=marker, ms=4.5,
+                    color=colour, mfc="white" if i else colour, capsize=0, lw=1.0, zorder=4)
+        label = f"observed: {obs.label}"
+        if np.any(~pos):
+            label += f"\n({int(np.sum(~pos))} $C_\\ell \\leq 0$ not shown)"
+        handles.append(Line2D([], [], color=colour, marker=marker, ms=4.5, ls="-", lw=1.0,
+                              mfc="white" if i else colour, label=label))
+        if obs.noise is not None:
+            ax.step(obs.ell, obs.noise, where="mid", color=colour, ls=":", lw=1.2)
+            handles.append(Line2D([], [], color=colour, ls=":", lw=1.2, label=f"noise level {obs.label}"))
+    ref = obs_list[0]
+    sim_colours = ("tab:blue", "tab:red", "tab:green", "tab:orange")
+    ell_sim = np.arange(1, lmax_sim + 1)
+    for j, name in enumerate(_gradient_names(ds)):
+        d = ds.sel(gradient=name)
+        cl_hat = np.asarray(d["cl_hat"].values, dtype=float)[k, 1:]
+        err = np.asarray(d["cl_err"].values, dtype=float)[k, 1:]
+        amp = _scale_to(ell_sim, cl_hat, ref)
+        colour = sim_colours[j % len(sim_colours)]
+        short = {"parallel": r"$\nabla n \parallel \mathbf{B}_0$",
+                 "perpendicular": r"$\nabla n \perp \mathbf{B}_0$"}.get(name, name)
+        if amp is None:
+            handles.append(Line2D([], [], color="none", label=f"simulated {name}: no common $\\ell$ > 0 "
+                                  "with the data, not shown"))
+            continue
+        pos = cl_hat > 0
+        lo = np.minimum(err, cl_hat - 0.02 * cl_hat)
+        ax.errorbar(ell_sim[pos] * (1.0 + 0.04 * (j + 1)), amp * cl_hat[pos], yerr=amp * np.array([lo[pos], err[pos]]),
+                    fmt="s", ms=3.5, color=colour, alpha=0.85, lw=0.8, capsize=0, zorder=3)
+        handles.append(Line2D([], [], color=colour, marker="s", ms=3.5, ls="-", lw=0.8,
+                              label=f"simulated $\\hat C_\\ell$, {short}\n"
+                              f"$t\\Omega$ = {t[k]:.3g}, $\\times$ A = {amp:.2g}"))
+    l_curve = np.unique(np.geomspace(1, lmax_all, 400).round().astype(int))
+    curves = [(0.5, "0.25", "-", "BGK p = 1/2")]
+    p_fit = float(ds["p_fit"].values[0]) if "p_fit" in ds else float("nan")
+    if math.isfinite(p_fit) and 0 < p_fit < 1:
+        curves.append((p_fit, "crimson", "--", f"BGK, p = {p_fit:.2f} fitted to\nthe simulation ({_gradient_names(ds)[0]})"))
+    for p, colour, ls, label in curves:
+        ratio = bgk_ratio(min(p, 1.0 - 1e-9), lmax_all)
+        amp = _scale_to(np.arange(1, lmax_all + 1), ratio, ref)
+        if amp is None:
+            continue
+        ax.plot(l_curve, amp * ratio[l_curve - 1], color=colour, ls=ls, lw=1.4, zorder=2)
+        handles.append(Line2D([], [], color=colour, ls=ls, lw=1.4, label=f"{label},\n$\\times$ A = {amp:.2g}"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.8, lmax_all * 1.25)
+    _clip_bottom(ax, 8.0)
+    ax.set_xlabel(r"multipole $\ell$")
+    ax.set_ylabel(r"angular power $C_\ell$ of the relative intensity $\delta I$")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.675, 0.885), fontsize=7.8, frameon=False)
+    note = (f"Simulated curves: power for |grad n/n| = 1/L_c, scaled to {ref.label} by one amplitude A each "
+            "(least squares in log C_l with the observed relative errors, common l only): the comparison is "
+            "of the shape, not of the absolute level.")
+    fig.text(0.68, 0.11, "\n".join(textwrap.wrap(note, 40)), fontsize=7.8, color="0.25", va="bottom")
+    fig.suptitle("Observed angular power spectra and the simulation (cf. Mertsch & Ahlers 2015, Fig. 1)",
+                 fontsize=11, y=0.985)
+    fig.text(0.5, 0.935, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    return fig
+
+
+# ---------------------------------------------------------------------------------
+# Everything
+# ---------------------------------------------------------------------------------
+def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation: int | None = None) -> list[Path]:
+    """Write all figures of a run to ``RUN_DIR/figures/`` (PNG and PDF by default).
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory; ``analysis.nc`` is computed if missing or out of date
+        (:func:`load_or_analyze`).
+    observed : path, ObservedSpectrum or sequence of them, optional
+        Observed spectra (CSV, :func:`crsky.observed.read_observed`); adds
+        ``observed_comparison``. Read and validated before anything is written.
+    formats : sequence of str
+        Matplotlib output formats.
+    realisation : int, optional
+        Realisation shown in the sky maps (default: the first).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Every file written: ``fig2_spectrum_evolution``, ``fig3_spectrum_shape``,
+        ``skymaps_<gradient>`` (``parallel`` when analysed), ``diffusion_coefficients``
+        and, with ``observed``, ``observed_comparison``, each in every format.
+
+    Raises
+    ------
+    ValueError
+        Bad observed file (one line naming it and the problem), unknown realisation.
+    crsky.store.RunDirError
+        Not a run directory, or no completed realisation.
+    """
+    from .observed import ObservedSpectrum, read_observed
+
+    obs_list = None
+    if observed is not None:
+        items = [observed] if isinstance(observed, (str, os.PathLike, ObservedSpectrum)) else list(observed)
+        obs_list = [o if isinstance(o, ObservedSpectrum) else read_observed(o) for o in items]
+    _use_agg()
+    ds = load_or_analyze(run_dir)
+    out_dir = Path(run_dir) / FIGURES_DIR
+    written: list[Path] = []
+
+    def emit(fig, stem):
+        try:
+            written.extend(save_figure(fig, out_dir, stem, formats))
+        finally:
+            fig.clear()
+
+    with _quiet_numpy():
+        emit(plot_spectrum_evolution(ds), "fig2_spectrum_evolution")
+        emit(plot_spectrum_shape(ds), "fig3_spectrum_shape")
+        names = _gradient_names(ds)
+        gname = "parallel" if "parallel" in names else names[0]
+        emit(plot_sky_maps(run_dir, ds, gradient=gname, realisation=realisation), f"skymaps_{gname}")
+        emit(plot_diffusion(ds), "diffusion_coefficients")
+        if obs_list:
+            emit(plot_observed(ds, obs_list), "observed_comparison")
+    return written
+
+
+@contextlib.contextmanager
+def _quiet_numpy():
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yield

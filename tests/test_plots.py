@@ -1,0 +1,274 @@
+"""Figures (crsky.plots) and the observed-spectrum reader (crsky.observed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import healpy as hp
+import numpy as np
+import pytest
+
+from crsky import plots
+from crsky.observed import ObservedSpectrum, read_observed
+
+FORMATS = ("png", "pdf")
+#: stem -> figure size in inches (width, height) at plots._DPI
+EXPECTED = {
+    "fig2_spectrum_evolution": (8.0, 6.2),
+    "fig3_spectrum_shape": (12.4, 6.8),
+    "skymaps_parallel": (13.2, 6.6),
+    "diffusion_coefficients": (7.5, 5.6),
+    "observed_comparison": (9.0, 6.0),
+}
+
+OBSERVED_CSV = """\
+# synthetic test spectrum (not a measurement)
+ell, C_ell, error, noise
+1, 2.0e-7, 0.2e-7, 2.5e-11
+2, 3.1e-8, 0.3e-8, 2.5e-11   # trailing comment
+3, 1.05e-8, 0.12e-8, 2.5e-11
+
+4, 4.9e-9, 0.6e-9, 2.5e-11
+6, 1.5e-9, 0.2e-9, 2.5e-11
+30, 2.0e-11, 1.0e-11, 2.5e-11
+40, -1.0e-11, 1.0e-11, 2.5e-11
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny real run (no analysis.nc yet), its figures (with an observed overlay)."""
+    from crsky.config import resolve_config
+    from crsky.ensemble import run_ensemble
+
+    tmp = tmp_path_factory.mktemp("plots")
+    cfg = resolve_config({"turbulence": {"n_modes": 16}, "particles": {"nside": 4},
+                          "integration": {"t_max": 50.0, "n_snapshots": 8, "dt": 0.05},
+                          "ensemble": {"realisations": 4}})
+    run_dir = tmp / "run"
+    run_ensemble(cfg, run_dir, backend="cpu", progress=False)
+    observed = tmp / "observed.csv"
+    observed.write_text(OBSERVED_CSV)
+    assert not (run_dir / "analysis.nc").exists()
+    paths = plots.make_figures(run_dir, observed=observed)
+    return run_dir, paths, observed
+
+
+# ---------------------------------------------------------------------------------
+# make_figures
+# ---------------------------------------------------------------------------------
+def test_every_figure_written(run):
+    run_dir, paths, _ = run
+    expected = {run_dir / "figures" / f"{stem}.{fmt}" for stem in EXPECTED for fmt in FORMATS}
+    assert set(paths) == expected
+    assert len(paths) == len(expected)
+    assert (run_dir / "analysis.nc").is_file() and (run_dir / "summary.json").is_file()
+    # no temporary files left behind
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == sorted(p.name for p in expected)
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_png_decodes_with_expected_size_and_content(run, stem):
+    import matplotlib.image as mpimg
+
+    run_dir, _, _ = run
+    img = mpimg.imread(run_dir / "figures" / f"{stem}.png")
+    width, height = EXPECTED[stem]
+    assert img.shape[:2] == (round(height * plots._DPI), round(width * plots._DPI))
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05  # not blank
+    white = np.all(rgb > 0.98, axis=-1).mean()
+    assert 0.3 < white < 0.995  # mostly white paper, but with something drawn on it
+    # several distinct colours (lines, bands, maps), not a single-colour drawing
+    colours = np.unique((rgb[::4, ::4] * 15).round().reshape(-1, 3), axis=0)
+    assert len(colours) > 20
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_pdf_non_trivial(run, stem):
+    run_dir, _, _ = run
+    data = (run_dir / "figures" / f"{stem}.pdf").read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert len(data) > 10_000
+
+
+def test_rerun_uses_existing_analysis_and_overwrites(run):
+    run_dir, _, _ = run
+    analysis = run_dir / "analysis.nc"
+    before = analysis.stat().st_mtime_ns
+    paths = plots.make_figures(run_dir, formats=("png",))
+    assert analysis.stat().st_mtime_ns == before  # up to date: not recomputed
+    assert {p.name for p in paths} == {f"{s}.png" for s in EXPECTED if s != "observed_comparison"}
+
+
+def test_stale_analysis_is_recomputed(run, tmp_path):
+    import shutil
+
+    run_dir, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures"))
+    ds = plots.load_or_analyze(copy)
+    assert ds.sizes["realisation"] == 4
+    # drop a realisation from the analysis: the file no longer matches the run
+    from crsky.analysis import write_analysis
+
+    write_analysis(ds.isel(realisation=slice(0, 3)), copy / "analysis.nc")
+    assert plots.load_or_analyze(copy).sizes["realisation"] == 4
+
+
+def test_bad_observed_file_fails_before_anything_is_written(run, tmp_path):
+    import shutil
+
+    run_dir, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures"))
+    with pytest.raises(ValueError, match="no such file"):
+        plots.make_figures(copy, observed=tmp_path / "missing.csv")
+    assert not (copy / "figures").exists()
+
+
+def test_cli_plot_bad_observed_exit_2(run, tmp_path, capsys):
+    from crsky.cli import main
+
+    run_dir, _, _ = run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ell,C_ell\n1,2e-7\n")
+    assert main(["plot", str(run_dir), "--observed", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.csv" in err and "error" in err
+
+
+# ---------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("nside", [1, 4, 8])
+def test_arrival_map_is_the_antipodal_permutation(nside):
+    npix = hp.nside2npix(nside)
+    v = np.array(hp.pix2vec(nside, np.arange(npix))).T
+    # a map of momentum directions p_i, seen in arrival directions n = -p
+    for c in range(3):
+        arrival = plots.arrival_map(v[:, c])
+        np.testing.assert_allclose(arrival, -v[:, c], atol=1e-12)
+    m = np.random.default_rng(1).normal(size=npix)
+    assert np.array_equal(np.sort(plots.arrival_map(m)), np.sort(m))
+    np.testing.assert_array_equal(plots.arrival_map(plots.arrival_map(m)), m)
+
+
+def test_select_times_steady_state():
+    t = np.geomspace(0.1, 2000.0, 40)
+    idx, steady = plots.select_times(t)
+    assert steady and len(idx) == 3
+    assert idx[-1] == 39 and t[idx[0]] >= 100.0 and t[idx[0] - 1] < 100.0
+    assert idx[0] < idx[1] < idx[2]
+    mid = math.sqrt(t[idx[0]] * t[idx[2]])
+    assert abs(math.log(t[idx[1]] / mid)) <= abs(math.log(t[idx[1] + 1] / t[idx[1]]))
+
+
+def test_select_times_without_steady_state():
+    t = np.geomspace(0.1, 50.0, 8)
+    idx, steady = plots.select_times(t)
+    assert not steady and idx[-1] == 7 and len(idx) == 3 and len(set(idx)) == 3
+    idx, _ = plots.select_times(np.array([1.0, 200.0]))
+    assert list(idx) == [0, 1]
+
+
+def test_select_map_times():
+    t = np.geomspace(0.1, 300.0, 24)
+    idx = plots.select_map_times(t)
+    assert len(idx) == 3 and idx[-1] == 23 and abs(math.log(t[idx[0]])) < 0.4
+
+
+def test_observed_overlay_beyond_simulated_lmax(run):
+    from crsky.analysis import load_analysis
+
+    run_dir, _, observed = run
+    ds = load_analysis(run_dir)
+    obs = read_observed(observed)
+    assert obs.ell.max() > ds.sizes["ell"] - 1  # l = 30, 40 > lmax = 11
+    fig = plots.plot_observed(ds, [obs, ObservedSpectrum(obs.ell[:3], obs.cl[:3] * 2, obs.error[:3], None,
+                                                         "second", obs.path)])
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("observed: observed" in t for t in texts) and any("observed: second" in t for t in texts)
+    assert any("not shown" in t for t in texts)  # the negative C_ell at l = 40
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlim()[1] > 40
+
+
+def test_scale_to_recovers_amplitude():
+    ell = np.arange(1, 11)
+    model = ell ** -2.0
+    obs = ObservedSpectrum(ell, 3e-7 * model, 0.1 * 3e-7 * model, None, "x", Path("x.csv"))
+    assert plots._scale_to(ell, model, obs) == pytest.approx(3e-7, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# read_observed
+# ---------------------------------------------------------------------------------
+def test_read_observed_valid(tmp_path):
+    path = tmp_path / "ic.csv"
+    path.write_text("# comment\n\n Ell , c_ell,ERROR ,noise, other\n3,1e-8,1e-9,2e-11,x\n1,2e-7,2e-8,2e-11,y\n"
+                    "2.0,3e-8,0,2e-11,z # trailing\n")
+    obs = read_observed(path)
+    assert obs.ell.tolist() == [1, 2, 3] and obs.ell.dtype == np.int64
+    assert obs.cl.tolist() == [2e-7, 3e-8, 1e-8]
+    assert obs.error.tolist() == [2e-8, 0.0, 1e-9]
+    assert obs.noise.tolist() == [2e-11] * 3
+    assert obs.label == "ic" and obs.path == path
+
+
+def test_read_observed_without_noise(tmp_path):
+    path = tmp_path / "hawc.csv"
+    path.write_text("ell,C_ell,error\n2,3e-8,1e-9\n")
+    obs = read_observed(path, label="HAWC")
+    assert obs.noise is None and obs.label == "HAWC"
+
+
+BAD = [
+    ("", "empty file"),
+    ("# only a comment\n\n", "empty file"),
+    ("ell,C_ell,error\n", "no data rows"),
+    ("1,2e-7,2e-8\n2,3e-8,3e-9\n", "missing header row"),
+    ("ell,C_ell\n1,2e-7\n", "missing column error"),
+    ("l,cl,err\n1,2e-7,2e-8\n", "missing columns ell, C_ell, error"),
+    ("ell,C_ell,error,error\n1,2e-7,2e-8,1\n", "appears more than once"),
+    ("ell,C_ell,error\n1,abc,2e-8\n", "line 2, column C_ell: 'abc' is not a number"),
+    ("ell,C_ell,error\n1,2e-7,\n", "column error: '(empty)' is not a number"),
+    ("ell,C_ell,error\n1,nan,2e-8\n", "not a finite number"),
+    ("ell,C_ell,error\n1,2e-7,inf\n", "not a finite number"),
+    ("ell,C_ell,error\n1,2e-7,-2e-8\n", "negative error"),
+    ("ell,C_ell,error,noise\n1,2e-7,2e-8,-1\n", "negative noise"),
+    ("ell,C_ell,error\n1.5,2e-7,2e-8\n", "ell = 1.5 is not a positive integer"),
+    ("ell,C_ell,error\n0,2e-7,2e-8\n", "ell = 0 is not a positive integer"),
+    ("ell,C_ell,error\n-2,2e-7,2e-8\n", "is not a positive integer"),
+    ("ell,C_ell,error\nx,2e-7,2e-8\n", "column ell: 'x' is not a number"),
+    ("ell,C_ell,error\n1,2e-7,2e-8\n1,3e-8,2e-9\n", "ell = 1 repeats line 2"),
+    ("ell,C_ell,error\n1,2e-7\n", "line 2: 2 fields, the header has 3"),
+    ("ell,C_ell,error\n1,2e-7,2e-8,5\n", "line 2: 4 fields, the header has 3"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD, ids=[m for _, m in BAD])
+def test_read_observed_errors(tmp_path, content, message):
+    path = tmp_path / "spectrum.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        read_observed(path)
+    text = str(info.value)
+    assert message in text
+    assert str(path) in text and "\n" not in text
+
+
+def test_read_observed_missing_file_and_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"nope\.csv: no such file"):
+        read_observed(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_observed(tmp_path)
+
+
+def test_read_observed_binary(tmp_path):
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"\xff\xfe\x00\x81garbage")
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        read_observed(path)
