@@ -66,7 +66,7 @@ def snapshot_schedule(t_min: float, t_max: float, n_snapshots: int, dt: float) -
     return steps, steps * dt
 
 
-def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend="cpu"):
+def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend="cpu", precision="float64"):
     """Forward integration of particles of charge sign ``sign`` (no reversal).
 
     Parameters
@@ -85,6 +85,8 @@ def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend=
         Charge sign of the traced particle.
     backend : str
         ``cpu``, ``cuda`` or ``auto``.
+    precision : {"float64", "mixed"}
+        Field evaluation (``mixed``: CPU only; see :mod:`crsky.backends.cpu`).
 
     Returns
     -------
@@ -93,10 +95,16 @@ def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend=
     steps = np.asarray(snapshot_steps, dtype=np.int64)
     if steps.ndim != 1 or len(steps) == 0 or steps[0] < 0 or np.any(np.diff(steps) <= 0):
         raise ValueError("snapshot_steps must be a non-empty, strictly increasing sequence of steps >= 0")
-    return get_backend(backend).trace(positions, velocities, modes, float(sign), dt, rl, steps)
+    driver = get_backend(backend)
+    if precision == "float64":
+        return driver.trace(positions, velocities, modes, float(sign), dt, rl, steps)
+    if driver.__name__.endswith(".cuda"):
+        raise ValueError(f"precision = {precision!r} is implemented on the CPU backend only; "
+                         "use precision = 'float64' with --backend cuda")
+    return driver.trace(positions, velocities, modes, float(sign), dt, rl, steps, precision=precision)
 
 
-def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu"):
+def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64"):
     """Backtrack cosmic rays observed at the origin with momentum ``directions``.
 
     Returns
@@ -108,7 +116,8 @@ def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend=
     """
     directions = np.asarray(directions, dtype=np.float64)
     origin = np.zeros_like(directions)
-    x, u = trace(origin, -directions, modes, rl, dt, snapshot_steps, sign=-charge_sign, backend=backend)
+    x, u = trace(origin, -directions, modes, rl, dt, snapshot_steps, sign=-charge_sign, backend=backend,
+                 precision=precision)
     return x, -u
 
 
@@ -162,6 +171,9 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
 
     backend = resolve_backend(backend)
     integ = config.integration
+    if backend == "cuda" and integ.precision != "float64":
+        raise ValueError(f"[integration] precision = {integ.precision!r} is implemented on the CPU backend "
+                         "only; use precision = 'float64' with --backend cuda")
     steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
     directions = pixel_directions(config.particles.nside)
     modes = [make_modes(config.turbulence, config.ensemble.seed, j) for j in indices]
@@ -179,6 +191,6 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
     for j, m in zip(indices, modes):
         start = time.perf_counter()
         x, p = backtrack(directions, m, config.particles.rl, integ.dt, steps,
-                         charge_sign=config.charge_sign, backend=backend)
+                         charge_sign=config.charge_sign, backend=backend, precision=integ.precision)
         out.append(Realisation(j, times, x, p, time.perf_counter() - start, backend))
     return out
