@@ -22,6 +22,7 @@ import math
 import numba
 import numpy as np
 
+from crsky import kernels
 from crsky.backends import cpu
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
@@ -31,15 +32,15 @@ _field4 = cpu._field_mixed4
 
 
 @numba.njit(parallel=True)
-def hot_path_field(modes, modes32, points, references, out):
+def hot_path_field(modes_turns, modes32, points, references, out):
     n = points.shape[0]
     for g in numba.prange(n // 4):
-        phases = np.empty((4, modes.shape[1]), np.float32)
+        phases = np.empty((4, modes_turns.shape[1]), np.float32)
         d = np.empty((3, 4), np.float32)
         b = np.empty((3, 4))
         for q in range(4):
             i = 4 * g + q
-            _ref(references[i, 0], references[i, 1], references[i, 2], modes, phases[q])
+            _ref(references[i, 0], references[i, 1], references[i, 2], modes_turns, phases[q])
             for c in range(3):
                 d[c, q] = np.float32(points[i, c] - references[i, c])
         _field4(modes32, phases, d, b)
@@ -50,7 +51,7 @@ def hot_path_field(modes, modes32, points, references, out):
 
 def field_errors(turbulence, n_points, radius, budgets, seed=0):
     modes = make_modes(turbulence, seed=seed, realisation=0)
-    m32 = modes.astype(np.float32)
+    turns, m32 = kernels.mixed_mode_arrays(modes)
     kmax = np.linalg.norm(modes[0:3], axis=0).max()
     rms = math.sqrt(turbulence.sigma2)
     rng = np.random.default_rng(seed)
@@ -63,7 +64,7 @@ def field_errors(turbulence, n_points, radius, budgets, seed=0):
         off *= (budget / kmax * rng.uniform(0, 1, n_points) / np.linalg.norm(off, axis=1))[:, None]
         refs = x - off
         hot = np.empty_like(x)
-        hot_path_field(modes, m32, x, refs, hot)
+        hot_path_field(turns, m32, x, refs, hot)
         scalar = cpu.field_at_points(modes, x, precision="mixed", references=refs)
         row = {"budget_rad": budget}
         for name, got in (("hot", hot), ("scalar", scalar)):

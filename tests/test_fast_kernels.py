@@ -1,7 +1,7 @@
 """The mixed-precision fast path (``precision="mixed"`` of the CPU backend).
 
 Float64 reference phases at a per-particle reference point, float32 phase offsets,
-a float32 polynomial cosine (``crsky.kernels.cos_poly``). Checked against the plain
+a float32 polynomial cosine (``crsky.kernels.cos_turns``; phases in turns). Checked against the plain
 numpy oracle ``reference.field_reference`` and against the float64 path. Tolerances are
 stated next to each check with the measured value they cover.
 """
@@ -9,7 +9,6 @@ stated next to each check with the measured value they cover.
 import math
 from types import SimpleNamespace
 
-import mpmath
 import numba
 import numpy as np
 import pytest
@@ -21,63 +20,59 @@ from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
 K = cpu.FAST_KERNELS  # the kernels exactly as the mixed path compiles them
-_cos_poly = K.cos_poly
+_cos_turns = K.cos_turns
 
 
 @numba.njit
-def _cos_many(phases, out):
-    for i in range(phases.shape[0]):
-        out[i] = _cos_poly(phases[i])
+def _cos_many(turns, out):
+    for i in range(turns.shape[0]):
+        out[i] = _cos_turns(turns[i])
 
 
-def cos_poly_error(phases):
-    phases = np.asarray(phases, dtype=np.float32)
-    out = np.empty_like(phases)
-    _cos_many(phases, out)
-    return np.abs(out.astype(np.float64) - np.cos(phases.astype(np.float64)))
+def cos_turns_error(turns):
+    turns = np.asarray(turns, dtype=np.float32)
+    out = np.empty_like(turns)
+    _cos_many(turns, out)
+    return np.abs(out.astype(np.float64) - np.cos(2 * np.pi * turns.astype(np.float64)))
 
 
-def test_cos_poly_max_error_over_its_reduced_range():
-    # [-pi, pi] is the range of the reference phases; the sine polynomial sees
-    # |r| - pi/2 in [-pi/2, pi/2]. Measured max 1.6e-7 (the float32 result itself is
-    # only defined to 6e-8).
-    grid = np.linspace(-np.pi, np.pi, 2_000_001)
-    assert cos_poly_error(grid).max() < 2e-7
+def test_cos_turns_max_error_over_its_reduced_range():
+    # [-1/2, 1/2] turns is the range of the reference phases; the sine polynomial sees
+    # |r| - 1/4 in [-1/4, 1/4]. Measured max 1.3e-7 (the float32 result itself is only
+    # defined to 6e-8).
+    grid = np.linspace(-0.5, 0.5, 2_000_001)
+    assert cos_turns_error(grid).max() < 1.5e-7
 
 
-def test_cos_poly_error_over_the_phases_the_mixed_path_produces():
-    # |phase| <= pi + PHASE_BUDGET (offsets up to the budget); measured max 1.6e-7.
-    bound = np.pi + cpu.PHASE_BUDGET
+def test_cos_turns_error_over_the_phases_the_mixed_path_produces():
+    # |phase| <= 1/2 + PHASE_BUDGET / 2 pi turns (offsets up to the budget): the
+    # reduction x - round(x) is exact, so the error does not grow with |x|.
+    bound = 0.5 + cpu.PHASE_BUDGET / (2 * np.pi)
     grid = np.linspace(-bound, bound, 2_000_001)
-    assert cos_poly_error(grid).max() < 2e-7
-    # Exact float32 inputs far out still reduce correctly (validity |phase| < 2^16);
-    # there the float32 phase itself limits what "cos" means, not the polynomial.
-    far = np.float32(np.random.default_rng(0).uniform(-6e4, 6e4, 100_000))
-    assert cos_poly_error(far).max() < 2e-6
+    assert cos_turns_error(grid).max() < 1.5e-7
+    far = np.float32(np.random.default_rng(0).uniform(-1e4, 1e4, 100_000))
+    assert cos_turns_error(far).max() < 1.5e-7
 
 
 def test_sine_polynomial_approximation_error():
-    # The float32 coefficients in float64 arithmetic: 1.7e-8 on [-pi/2, pi/2] (the
-    # minimax fit itself, before rounding the coefficients to float32: 4.6e-9).
-    t = np.linspace(-np.pi / 2, np.pi / 2, 200_001)
+    # The float32 coefficients in float64 arithmetic: 1.5e-8 on [-1/4, 1/4] turns (the
+    # minimax fit itself, before rounding the coefficients to float32: 3.3e-9).
+    t = np.linspace(-0.25, 0.25, 200_001)
     u = t * t
-    s3, s5, s7, s9 = (float(c) for c in (kernels._S3, kernels._S5, kernels._S7, kernels._S9))
-    p = t + t * u * (s3 + u * (s5 + u * (s7 + u * s9)))
-    assert np.abs(p - np.sin(t)).max() < 2e-8
+    c1, c3, c5, c7, c9 = (float(c) for c in (kernels._C1, kernels._C3, kernels._C5, kernels._C7, kernels._C9))
+    p = t * (c1 + u * (c3 + u * (c5 + u * (c7 + u * c9))))
+    assert np.abs(p + np.sin(2 * np.pi * t)).max() < 2e-8
 
 
-def test_reduce_phase_is_exact_to_float32_rounding():
+def test_reduce_turns_is_exact_to_float32_rounding():
     rng = np.random.default_rng(1)
-    phases = np.concatenate([rng.uniform(-1e7, 1e7, 300), rng.uniform(-10, 10, 100), [0.0, np.pi, -np.pi]])
-    mpmath.mp.dps = 40
-    two_pi = 2 * mpmath.pi
-    for ph in phases:
-        exact = mpmath.mpf(float(ph))
-        exact = float(exact - two_pi * mpmath.nint(exact / two_pi))
-        got = float(K.reduce_phase(float(ph)))
-        assert abs(got) <= np.pi + 1e-6
-        # half an ulp of float32 at |r| < 4 is 1.2e-7; the float64 reduction adds < 1e-9.
-        assert abs(got - exact) <= 1.2e-7 + 1e-9 or abs(abs(got - exact) - 2 * np.pi) < 1e-6
+    turns = np.concatenate([rng.uniform(-1e6, 1e6, 300), rng.uniform(-3, 3, 100), [0.0, 0.5, -0.5, 2.5]])
+    for ph in turns:
+        exact = float(ph) - round(float(ph))  # exact in float64 for |ph| < 2^51
+        got = float(K.reduce_turns(float(ph)))
+        assert abs(got) <= 0.5
+        # half an ulp of float32 at |r| < 1/2 is 1.5e-8
+        assert abs(got - exact) <= 1.5e-8 or abs(abs(got - exact) - 1.0) < 1e-7
 
 
 def test_sincos_poly_matches_math():
@@ -104,7 +99,7 @@ def _points_and_references(modes, n, radius, rng, budget=cpu.PHASE_BUDGET):
 
 def _hot_path_field(modes, points, references):
     """The field as ``trace`` evaluates it: ``_field_mixed4`` on groups of four."""
-    m32 = modes.astype(np.float32)
+    turns, m32 = kernels.mixed_mode_arrays(modes)
     n = len(points)
     out = np.empty((n, 3))
     phases = np.empty((4, modes.shape[1]), np.float32)
@@ -113,7 +108,7 @@ def _hot_path_field(modes, points, references):
     for g in range(0, n, 4):
         for q in range(4):
             r = references[g + q]
-            K.reference_phases(r[0], r[1], r[2], modes, phases[q])
+            K.reference_phases(r[0], r[1], r[2], turns, phases[q])
         d[:] = (points[g:g + 4] - references[g:g + 4]).T.astype(np.float32)
         cpu._field_mixed4(m32, phases, d, b)
         out[g:g + 4] = b.T
@@ -251,34 +246,34 @@ def test_python_execution_of_the_kernels_matches_the_compiled_ones():
     # The CUDA simulator runs the kernels as plain Python (numpy float32 scalars).
     py = kernels.compile_kernels(lambda f: f)
     rng = np.random.default_rng(8)
-    for ph in rng.uniform(-30, 30, 50).astype(np.float32):
-        assert abs(float(py.cos_poly(ph)) - float(K.cos_poly(ph))) < 1e-7
+    for ph in rng.uniform(-5, 5, 50).astype(np.float32):
+        assert abs(float(py.cos_turns(ph)) - float(K.cos_turns(ph))) < 2.5e-7  # FMA or not: 1-2 ulp
     for ph in rng.uniform(-1e6, 1e6, 20):
-        assert abs(float(py.reduce_phase(ph)) - float(K.reduce_phase(ph))) < 1e-7
+        assert abs(float(py.reduce_turns(ph)) - float(K.reduce_turns(ph))) < 1e-7
     modes = make_modes(TurbulenceConfig(n_modes=32), 0, 0)
-    m32 = modes.astype(np.float32)
+    turns, m32 = kernels.mixed_mode_arrays(modes)
     phases_py = np.empty(32, np.float32)
     phases_c = np.empty(32, np.float32)
-    py.reference_phases(3.0, -2.0, 40.0, modes, phases_py)
-    K.reference_phases(3.0, -2.0, 40.0, modes, phases_c)
+    py.reference_phases(3.0, -2.0, 40.0, turns, phases_py)
+    K.reference_phases(3.0, -2.0, 40.0, turns, phases_c)
     np.testing.assert_allclose(phases_py, phases_c, atol=1e-7)
     state = (3.01, -2.0, 40.0, 0.6, 0.0, 0.8, 3.0, -2.0, 40.0)
-    out_py = py.push_mixed(*state, False, modes, m32, phases_py, 1.0, 0.05, 0.1)
-    out_c = K.push_mixed(*state, False, modes, m32, phases_c, 1.0, 0.05, 0.1)
+    out_py = py.push_mixed(*state, False, turns, m32, phases_py, 1.0, 0.05, 0.1)
+    out_c = K.push_mixed(*state, False, turns, m32, phases_c, 1.0, 0.05, 0.1)
     np.testing.assert_allclose(out_py, out_c, atol=1e-12)
 
 
 def test_push_mixed_scalar_kernel_matches_the_cpu_path():
     # The scalar kernel (for other backends) steps like the CPU mixed path.
     modes = make_modes(TurbulenceConfig(n_modes=128), 0, 1)
-    m32 = modes.astype(np.float32)
+    turns, m32 = kernels.mixed_mode_arrays(modes)
     every = cpu.refresh_interval(modes, 0.05, 0.1)
     x0 = np.array([1.0, -3.0, 25.0])
     v0 = np.array([0.0, 0.6, -0.8])
     phases = np.empty(128, np.float32)
     s = (*x0, *v0, 0.0, 0.0, 0.0)
     for step in range(30):
-        s = K.push_mixed(*s, step % every == 0, modes, m32, phases, -1.0, 0.05, 0.1)
+        s = K.push_mixed(*s, step % every == 0, turns, m32, phases, -1.0, 0.05, 0.1)
     xc, vc = cpu.trace(x0[None], v0[None], modes, -1.0, 0.05, 0.1, [30], precision="mixed")
     np.testing.assert_allclose(s[0:3], xc[0, 0], atol=1e-9)
     np.testing.assert_allclose(s[3:6], vc[0, 0], atol=1e-7)
@@ -299,7 +294,7 @@ def test_new_kernels_compile_for_cuda(monkeypatch):
         monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=(8, 0)))
     kc = kernels.compile_kernels(cuda.jit(device=True))
     push_mixed = kc.push_mixed
-    cos_poly = kc.cos_poly
+    cos_turns = kc.cos_turns
 
     def kernel(state, modes, modes32, phases, out):
         i = cuda.grid(1)
@@ -309,7 +304,7 @@ def test_new_kernels_compile_for_cuda(monkeypatch):
                            1.0, 0.05, 0.1)
             for c in range(9):
                 state[i, c] = s[c]
-            out[i] = cos_poly(phases[i, 0])
+            out[i] = cos_turns(phases[i, 0])
 
     f64, f32 = types.float64[:, :], types.float32[:, :]
     cres = compile_cuda(kernel, types.void, (f64, f64, f32, f32, types.float32[:]), cc=(8, 0))

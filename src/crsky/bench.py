@@ -12,7 +12,10 @@ One mode evaluation is one ``A_n xi_n cos(k_n . x + beta_n)`` term of one partic
 one step, so ``mode_evals_per_s = particle_steps_per_s * n_modes``.
 
 The machine is often shared: every case records the 1-minute load average before it
-ran, and ``docs/performance.md`` says how the published numbers were taken.
+ran and ``cpu_share``, the CPU time the process got during the best run divided by
+``wall time * threads`` (1.0: it had all its threads' cores all the time; well below
+1: other processes took cores and the rate is low). ``docs/performance.md`` says how
+the published numbers were taken (``benchmarks/clean_bench.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from .turbulence import make_modes
 
 __all__ = ["bench_case", "run_benchmarks", "format_table", "machine_info", "precisions_of"]
 
-#: Work per case (mode evaluations) by precision: about 2-3 s per case at the
+#: Work per case (mode evaluations) by precision: about 1.5 s per case at the
 #: measured rates (7e7/s float64, 3e9/s mixed on 2 cores); ``quick`` divides by 10.
-WORK = {"float64": 2e8, "mixed": 6e9}
+WORK = {"float64": 1e8, "mixed": 4e9}
 MODE_COUNTS = (64, 256, 1024)
 PARTICLE_COUNTS = (768, 3072, 12288)
 QUICK_PARTICLE_COUNTS = (3072,)
@@ -96,11 +99,14 @@ def bench_case(
     trace(pos[:2], vel[:2], modes, -1.0, 0.05, 0.1, np.array([1], dtype=np.int64))
     first_call = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    best = np.inf
+    best, share = np.inf, None
+    threads = _threads(backend) or 1
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trace(pos, vel, modes, -1.0, 0.05, 0.1, steps)
-        best = min(best, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        if wall < best:
+            best, share = wall, (time.process_time() - cpu_start) / (wall * threads)
     particle_steps = n_particles * n_steps
     return {
         "n_modes": n_modes,
@@ -116,6 +122,7 @@ def bench_case(
         "dtype": precision,
         "precision": precision,
         "threads": _threads(backend),
+        "cpu_share": share,
         "load_1min": load,
         "machine": machine_info()["summary"],
     }
@@ -194,13 +201,15 @@ def run_benchmarks(
 def format_table(results: list[dict]) -> str:
     """A readable table of :func:`run_benchmarks` results."""
     lines = [f"{'backend':>7} {'dtype':>7} {'modes':>6} {'particles':>9} {'steps':>7} "
-             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5}"]
+             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5} {'cpu share':>9}"]
     for r in results:
         load = r.get("load_1min")
+        share = r.get("cpu_share")
         lines.append(
             f"{r['backend']:>7} {r['dtype']:>7} {r['n_modes']:>6} {r['n_particles']:>9} {r['n_steps']:>7} "
             f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f} "
-            f"{'' if load is None else f'{load:.1f}':>5}"
+            f"{'' if load is None else f'{load:.1f}':>5} "
+            f"{'' if share is None else f'{share:.2f}':>9}"
         )
     if results:
         lines.append(f"machine: {results[0]['machine']}; threads: {results[0]['threads']}")

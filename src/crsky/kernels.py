@@ -28,24 +28,27 @@ The cosine per mode per step is the whole cost. The float64 path evaluates
 ``cos(k . x + beta)`` with ``math.cos`` on phases of up to ~10^6 rad. The mixed path
 splits the phase exactly where precision is needed:
 
+- phases are kept in turns (units of 2 pi), so that range reduction is subtracting the
+  nearest integer, which is exact;
 - at a per-particle *reference point* ``x_ref`` the reference phases
-  ``phi_n = (k_n . x_ref + beta_n) mod 2 pi`` are computed in float64 and stored, reduced
-  to ``[-pi, pi]``, as float32 (:func:`reference_phases`);
-- at the particle's position ``x`` the phase is ``k_n . (x - x_ref) + phi_n``, evaluated
-  in float32 from the float32 offset ``x - x_ref`` and float32 copies of ``k_n``, and its
-  cosine is a float32 polynomial (:func:`cos_poly`) that LLVM vectorises (8 modes per
-  AVX2 instruction);
+  ``phi_n = (k_n . x_ref + beta_n) / 2 pi mod 1`` are computed in float64 and stored,
+  reduced to ``[-1/2, 1/2]``, as float32 (:func:`reference_phases`);
+- at the particle's position ``x`` the phase is ``k_n . (x - x_ref) / 2 pi + phi_n``,
+  evaluated in float32 from the float32 offset ``x - x_ref`` and float32 ``k_n / 2 pi``,
+  and its cosine is a float32 polynomial (:func:`cos_turns`) that LLVM vectorises (8
+  modes per AVX2 instruction);
 - the reference point is moved to the particle every few steps, so that
   ``|k| |x - x_ref|`` stays below a few tens of rad (the float32 phase then carries
-  absolute errors ~1e-7 rad whatever ``|x|`` is);
+  absolute errors ~1e-8 turns whatever ``|x|`` is);
 - the velocity, position and the rotation stay float64.
 
-The field is accurate to ~4e-7 of its rms value (measured; ``tests/test_fast_kernels.py``).
+The field is accurate to ~5e-7 of its rms value (measured; ``tests/test_fast_kernels.py``,
+``benchmarks/mixed_accuracy.py``).
 
 Compilation: the mixed-precision kernels need floating-point contraction (FMA) for
 speed and must NOT be compiled with reassociation (``fastmath=True``):
-:func:`cos_poly` rounds with the ``(y + 1.5 * 2^23) - 1.5 * 2^23`` idiom, which
-reassociation would fold away. The CPU backend compiles them with
+:func:`cos_turns` and :func:`reduce_turns` round with the ``(y + 1.5 * 2^23) - 1.5 * 2^23``
+idiom, which reassociation would fold away. The CPU backend compiles them with
 ``fastmath={"contract"}``; CUDA's default (contraction, no reassociation) is fine.
 """
 
@@ -62,15 +65,16 @@ __all__ = [
     "field_at",
     "rotate",
     "push",
-    "cos_poly",
-    "reduce_phase",
+    "cos_turns",
+    "reduce_turns",
     "reference_phases",
     "field_at_mixed",
     "sincos_poly",
     "rotate_poly",
     "push_mixed",
     "compile_kernels",
-    "COS_POLY_MAX_PHASE",
+    "mixed_mode_arrays",
+    "COS_TURNS_MAX",
 ]
 
 
@@ -133,90 +137,80 @@ def push(x, y, z, vx, vy, vz, modes, sign, dtau, rl):
 
 # --------------------------------------------------------------------------------------
 # Mixed precision: float64 reference phases, float32 offsets, polynomial cosine.
+# Phases are in turns (units of 2 pi): rounding to the nearest integer is the whole
+# range reduction, exactly.
 # --------------------------------------------------------------------------------------
 
-#: float64 2 pi split for Cody-Waite reduction (HI is the float64 nearest 2 pi).
-_TWO_PI_HI = 6.283185307179586
-_TWO_PI_LO = 2.4492935982947064e-16
-_INV_TWO_PI = 0.15915494309189535
 #: 1.5 * 2^52: (y + R) - R rounds a float64 |y| < 2^51 to the nearest integer.
 _ROUND64 = 6755399441055744.0
-
-#: float32 constants of :func:`cos_poly`.
-_INV_TWO_PI_F = np.float32(0.15915494309189535)
 #: 1.5 * 2^23: (y + R) - R rounds a float32 |y| < 2^22 to the nearest integer.
 _ROUND32 = np.float32(12582912.0)
-#: 2 pi = HI + LO with HI = 201/32 exact in 8 bits, so j * HI is exact for |j| < 2^16
-#: and ``phase - j * HI`` is exact (Sterbenz); LO carries the rest.
-_TWO_PI_HI_F = np.float32(6.28125)
-_TWO_PI_LO_F = np.float32(0.0019353071795862326)
-_HALF_PI_F = np.float32(1.5707963267948966)
-#: sin(t) ~ t + t^3 (S3 + S5 t^2 + S7 t^4 + S9 t^6) on [-pi/2, pi/2]: minimax (Remez)
-#: for the absolute error with the leading coefficient fixed to 1; approximation error
-#: 4.6e-9 (1.7e-8 with the coefficients rounded to float32), float32 evaluation error
-#: 1.6e-7 at most (tests/test_fast_kernels.py).
-_S3 = np.float32(-0.16666657096514342)
-_S5 = np.float32(0.008333017291768292)
-_S7 = np.float32(-0.00019806615214442322)
-_S9 = np.float32(2.600054793371227e-06)
+_QUARTER = np.float32(0.25)
+#: cos(2 pi x) = -sin(2 pi t), t = |x - round(x)| - 1/4 in [-1/4, 1/4]; the sine is the
+#: odd degree-9 minimax polynomial (absolute error) t (C1 + C3 t^2 + ... + C9 t^8) with
+#: the sign folded into the coefficients. Error of the fit 3.3e-9, 1.5e-8 with the
+#: coefficients rounded to float32 (best of +-3 ulp each); float32 evaluation error
+#: dominates (tests/test_fast_kernels.py).
+_C1 = np.float32(-6.283185)
+_C3 = np.float32(41.341652)
+_C5 = np.float32(-81.601006)
+_C7 = np.float32(76.549774)
+_C9 = np.float32(-39.5367)
 
-#: |phase| below which :func:`cos_poly` is valid (exact range reduction needs
-#: |phase / 2 pi| < 2^15; accuracy ~1e-7 absolute needs |phase| of order 10 at most,
-#: since a float32 phase is itself only known to 6e-8 |phase|).
-COS_POLY_MAX_PHASE = 2.0**16
+#: |x| (turns) below which :func:`cos_turns` is valid (the rounding idiom needs
+#: |x| < 2^22; the accuracy of ~1e-7 needs |x| of a few turns at most, since a
+#: float32 phase is itself only known to 6e-8 |x|).
+COS_TURNS_MAX = 2.0**22
 
 
-def cos_poly(phase):
-    """``cos(phase)`` for a float32 ``phase`` (|phase| < :data:`COS_POLY_MAX_PHASE`),
-    in float32 arithmetic only; vectorisable (no branches, no calls, no integers).
+def cos_turns(x):
+    """``cos(2 pi x)`` for a float32 phase ``x`` in turns, in float32 arithmetic
+    only; vectorisable (no branches, calls or integers).
 
-    Cody-Waite reduction ``r = phase - 2 pi j`` to ``[-pi, pi]`` (exact for the
-    phases the mixed path produces), then ``cos(r) = -sin(|r| - pi/2)`` with
-    ``|r| - pi/2`` in ``[-pi/2, pi/2]`` and an odd degree-9 minimax polynomial for the
-    sine. 18 floating-point operations with FMA. Absolute error < 1.6e-7 for
-    ``|phase| <~ 30`` (measured in the tests).
+    ``r = x - round(x)`` (exact) in ``[-1/2, 1/2]``, then ``cos(2 pi r) =
+    -sin(2 pi t)`` with ``t = |r| - 1/4`` in ``[-1/4, 1/4]`` and an odd degree-9
+    minimax polynomial. 11 floating-point operations with FMA. Absolute error
+    < 1.5e-7 (measured in the tests).
     """
-    j = (phase * _INV_TWO_PI_F + _ROUND32) - _ROUND32
-    r = phase - j * _TWO_PI_HI_F
-    r = r - j * _TWO_PI_LO_F
-    t = abs(r) - _HALF_PI_F
+    r = x - ((x + _ROUND32) - _ROUND32)
+    t = abs(r) - _QUARTER
     u = t * t
-    return -(t + (t * u) * (_S3 + u * (_S5 + u * (_S7 + u * _S9))))
+    return t * (_C1 + u * (_C3 + u * (_C5 + u * (_C7 + u * _C9))))
 
 
-def reduce_phase(phase):
-    """A float64 phase reduced to ``[-pi, pi]`` and rounded to float32 (the only
-    rounding: float64 Cody-Waite reduction, valid for |phase| < 2^50)."""
-    j = (phase * _INV_TWO_PI + _ROUND64) - _ROUND64
-    r = phase - j * _TWO_PI_HI
-    r = r - j * _TWO_PI_LO
-    return float32(r)
+def reduce_turns(phase):
+    """A float64 phase in turns minus its nearest integer (exact, for |phase| <
+    2^51), rounded to float32: the result lies in ``[-1/2, 1/2]``."""
+    return float32(phase - ((phase + _ROUND64) - _ROUND64))
 
 
-def reference_phases(x, y, z, modes, phases):
-    """Store ``(k_n . x + beta_n) mod 2 pi`` (float64, reduced to ``[-pi, pi]``) as
-    float32 in ``phases[n]`` for the reference point ``(x, y, z)``.
+def reference_phases(x, y, z, modes_turns, phases):
+    """Store ``(k_n . x + beta_n) / 2 pi mod 1`` (float64, reduced to ``[-1/2, 1/2]``)
+    as float32 in ``phases[n]`` for the reference point ``(x, y, z)``.
 
-    ``modes`` is the float64 ``(7, N)`` array; ``phases`` a float32 array of length N.
+    ``modes_turns`` is the float64 ``(4, N)`` array of :func:`mixed_mode_arrays`
+    (``k / 2 pi`` and ``beta / 2 pi``); ``phases`` a float32 array of length N.
     """
-    for n in range(modes.shape[1]):
-        phases[n] = reduce_phase(modes[0, n] * x + modes[1, n] * y + modes[2, n] * z + modes[6, n])
+    for n in range(modes_turns.shape[1]):
+        phases[n] = reduce_turns(
+            modes_turns[0, n] * x + modes_turns[1, n] * y + modes_turns[2, n] * z + modes_turns[3, n]
+        )
 
 
 def field_at_mixed(dx, dy, dz, modes32, phases):
     """Total field ``b = B / B0`` at ``x_ref + (dx, dy, dz)`` from the reference phases
     of ``x_ref`` (:func:`reference_phases`).
 
-    ``dx, dy, dz`` are float32 offsets (in ``L_c``), ``modes32`` the ``(7, N)`` mode
-    array as float32 (row 6, beta, is not used), ``phases`` the float32 reference
-    phases. The phases and cosines are float32; the sum is accumulated in float64.
+    ``dx, dy, dz`` are float32 offsets (in ``L_c``), ``modes32`` the float32 ``(6, N)``
+    array of :func:`mixed_mode_arrays` (``k / 2 pi``, ``A xi``), ``phases`` the float32
+    reference phases (turns). Phases and cosines are float32; the sum is float64.
     Returns float64 ``(bx, by, bz)`` with the regular field ``z_hat`` included.
     """
     bx = 0.0
     by = 0.0
     bz = 1.0
     for n in range(modes32.shape[1]):
-        c = float64(cos_poly(modes32[0, n] * dx + modes32[1, n] * dy + modes32[2, n] * dz + phases[n]))
+        c = float64(cos_turns(modes32[0, n] * dx + modes32[1, n] * dy + modes32[2, n] * dz + phases[n]))
         bx += float64(modes32[3, n]) * c
         by += float64(modes32[4, n]) * c
         bz += float64(modes32[5, n]) * c
@@ -256,16 +250,16 @@ def rotate_poly(vx, vy, vz, bx, by, bz, scale):
     return wx, wy, wz
 
 
-def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes, modes32, phases, sign, dtau, rl):
+def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes_turns, modes32, phases, sign, dtau, rl):
     """One step of :func:`push` on the mixed-precision field.
 
     ``(xr, yr, zr)`` is the particle's reference point and ``phases`` its reference
     phases (float32, length N). With ``refresh`` true the reference point moves to the
     particle (after the first half drift, where the field is evaluated) and the phases
-    are recomputed from the float64 ``modes``; otherwise the offset from the reference
-    point must stay small (the CPU backend refreshes every
-    ``1 + floor(phase_budget / (k_max r_L dtau))`` steps). Returns
-    ``(x, y, z, vx, vy, vz, xr, yr, zr)``.
+    are recomputed from the float64 ``modes_turns``; otherwise the offset from the
+    reference point must stay small (the CPU backend refreshes every
+    ``1 + floor(phase_budget / (k_max r_L dtau))`` steps). ``modes_turns, modes32``
+    come from :func:`mixed_mode_arrays`. Returns ``(x, y, z, vx, vy, vz, xr, yr, zr)``.
     """
     half = 0.5 * dtau * rl
     x += half * vx
@@ -275,7 +269,7 @@ def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes, modes32, phases,
         xr = x
         yr = y
         zr = z
-        reference_phases(x, y, z, modes, phases)
+        reference_phases(x, y, z, modes_turns, phases)
     bx, by, bz = field_at_mixed(float32(x - xr), float32(y - yr), float32(z - zr), modes32, phases)
     vx, vy, vz = rotate_poly(vx, vy, vz, bx, by, bz, -sign * dtau)
     x += half * vx
@@ -287,18 +281,30 @@ def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes, modes32, phases,
 #: Kernels in dependency order (a kernel may call only those before it).
 _KERNELS = (
     field_at, rotate, push,
-    cos_poly, reduce_phase, reference_phases, field_at_mixed, sincos_poly, rotate_poly, push_mixed,
+    cos_turns, reduce_turns, reference_phases, field_at_mixed, sincos_poly, rotate_poly, push_mixed,
 )
+
+
+def mixed_mode_arrays(modes):
+    """Host-side (numpy) arrays of the mixed-precision kernels from the float64
+    ``(7, N)`` mode array: ``modes_turns`` float64 ``(4, N)`` (``k / 2 pi``,
+    ``beta / 2 pi``) for the reference phases and ``modes32`` float32 ``(6, N)``
+    (``k / 2 pi``, ``A xi``) for the float32 offsets. Not a kernel."""
+    modes = np.asarray(modes, dtype=np.float64)
+    turns = np.empty((4, modes.shape[1]))
+    turns[0:3] = modes[0:3] / (2 * np.pi)
+    turns[3] = modes[6] / (2 * np.pi)
+    modes32 = np.empty((6, modes.shape[1]), np.float32)
+    modes32[0:3] = turns[0:3]
+    modes32[3:6] = modes[3:6]
+    return turns, modes32
 
 #: Module globals the kernels read (besides each other).
 _GLOBALS = {
     "math": math,
     "float32": float32,
     "float64": float64,
-    **{name: globals()[name] for name in (
-        "_TWO_PI_HI", "_TWO_PI_LO", "_INV_TWO_PI", "_ROUND64", "_INV_TWO_PI_F", "_ROUND32",
-        "_TWO_PI_HI_F", "_TWO_PI_LO_F", "_HALF_PI_F", "_S3", "_S5", "_S7", "_S9",
-    )},
+    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_QUARTER", "_C1", "_C3", "_C5", "_C7", "_C9")},
 }
 
 
