@@ -56,11 +56,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _default_mode() -> int:
+    """Permissions of a newly created file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _sha256(path: Path) -> str:
@@ -221,6 +229,7 @@ class RunStore:
             ds.to_netcdf(tmp, engine="h5netcdf")
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, _default_mode())
             try:
                 os.link(tmp, final)  # atomic, and fails rather than overwrite
             except FileExistsError:
