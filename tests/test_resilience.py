@@ -18,7 +18,7 @@ from crsky.store import RunStore
 CONFIG = {
     "turbulence": {"n_modes": 64},
     "particles": {"nside": 2},
-    "integration": {"t_max": 20.0, "n_snapshots": 4, "dt": 0.05},
+    "integration": {"t_max": 400.0, "n_snapshots": 4, "dt": 0.05},
     "ensemble": {"realisations": 8, "seed": 7},
 }
 TOML = """
@@ -27,7 +27,7 @@ n_modes = 64
 [particles]
 nside = 2
 [integration]
-t_max = 20.0
+t_max = 400.0
 n_snapshots = 4
 dt = 0.05
 [ensemble]
@@ -56,7 +56,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     for attempt in range(5):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(2.0, 8.0) if attempt < 4 else 600)
+            # A whole run takes ~3 s of work plus ~1.5 s of start-up on a quiet 2-core machine.
+            proc.wait(timeout=rng.uniform(0.5, 3.0) if attempt < 4 else 600)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
