@@ -74,7 +74,12 @@ def _cases(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     run = str(tmp_path / "run")
+    (tmp_path / "observed.csv").write_text("ell,C_ell,error\n1,1e-6,-2e-7\n")
+    (tmp_path / "no_columns.csv").write_text("l,power\n1,2\n")
     return [
+        (["plot", run, "--observed", str(tmp_path / "observed.csv")], "observed spectrum"),
+        (["plot", run, "--observed", str(tmp_path / "no_columns.csv")], "observed spectrum"),
+        (["plot", run, "--observed", str(tmp_path / "absent.csv")], "observed spectrum"),
         (["run", "--out", str(blocker / "run"), "--backend", "cpu"], "cannot write run directory"),
         (["run", "--out", str(blocker), "--backend", "cpu"], "is not a directory"),
         (["run", str(tmp_path / "other.toml"), "--out", run, "--backend", "cpu"], "different configuration"),
@@ -102,4 +107,5 @@ def test_bad_command_lines(tmp_path, capsys):
         assert message in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
     assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+    assert not (tmp_path / "run" / "figures").exists()  # a bad observed file stops plot before any output
     assert len(CONFIG_CASES) + len(cases) >= 25
