@@ -47,4 +47,5 @@ def test_bench_cli_json(monkeypatch, capsys):
 
 def test_machine_info():
     info = bench.machine_info()
-    assert info["cpus"] >= 1 and info["simd"] in ("avx512", "avx2", "sse/other", "unknown")
+    assert info["cpus"] >= 1
+    assert info["simd"].split()[0] in ("avx512", "avx2", "sse/other", "unknown")

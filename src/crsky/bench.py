@@ -152,12 +152,23 @@ def machine_info() -> dict:
         import numba
 
         cpu_name = numba.config.CPU_NAME or ll.get_host_cpu_name()
-        features = numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
-        simd = "avx512" if "+avx512f" in features else "avx2" if "+avx2" in features else "sse/other"
+        host = ll.get_host_cpu_features().flatten()
+        override = numba.config.CPU_FEATURES or ""
+        features = override if ("+avx" in override or numba.config.CPU_NAME) else host + "," + override
+
+        def has(flag):  # the last mention wins, as in LLVM's feature strings
+            marks = [f for f in features.split(",") if f[1:] == flag]
+            return bool(marks) and marks[-1][0] == "+"
+
+        simd = "avx512" if has("avx512f") else "avx2" if has("avx2") else "sse/other"
+        if simd == "avx512" and not has("prefer-256-bit") and "-prefer-256-bit" in features:
+            simd = "avx512 (512-bit vectors)"
+        elif simd == "avx512":
+            simd = "avx512 (256-bit vectors preferred)"
     except Exception:  # pragma: no cover
         cpu_name, simd = "unknown", "unknown"
     info = {"model": model, "cpus": os.cpu_count(), "llvm_cpu": cpu_name, "simd": simd}
-    info["summary"] = f"{model}, {info['cpus']} cpus, LLVM target {cpu_name} ({simd}), {platform.node()}"
+    info["summary"] = f"{model}, {info['cpus']} cpus, LLVM target {cpu_name} [{simd}], {platform.node()}"
     return info
 
 
