@@ -2,9 +2,10 @@
 
 For each precision of the CPU backend, times ``cpu.trace`` (8 log-spaced snapshots,
 ``r_L = 0.1``, ``Omega dt = 0.05``, particles starting ~10 L_c out) while varying one
-of: the number of modes, the number of particles, the number of steps. Each point is
-the best of ``--repeats`` runs after a warm-up call; the 1-minute load average is
-recorded next to it (the machine is shared: take final numbers when it is low).
+of: the number of modes, the number of particles, the number of steps. The cases run
+in ``--repeats`` interleaved rounds (every case once per round, so that a slow spell
+of the shared host hits all cases alike) and each point is the best of its rounds;
+the 1-minute load average is recorded next to it.
 Fits ``seconds per particle-step = a + b * n_modes`` and reports the deviation of
 ``seconds / (particles * steps)`` from constant.
 
@@ -28,26 +29,24 @@ from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
 
-def timed(precision, n_modes, n_particles, n_steps, repeats):
+def prepare(precision, n_modes, n_particles, n_steps):
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
     pos, vel = _start_state(n_particles)
-    steps = _snapshots(n_steps)
     cpu.trace(pos[:4], vel[:4], modes, -1.0, 0.05, 0.1, np.array([1, 2]), precision=precision)
+    return {"precision": precision, "n_modes": n_modes, "n_particles": n_particles, "n_steps": n_steps,
+            "seconds": np.inf, "_args": (pos, vel, modes, _snapshots(n_steps))}
+
+
+def run_once(row):
+    pos, vel, modes, steps = row["_args"]
     load = os.getloadavg()[0]
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        cpu.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, precision=precision)
-        best = min(best, time.perf_counter() - t0)
-    row = {
-        "precision": precision, "n_modes": n_modes, "n_particles": n_particles, "n_steps": n_steps,
-        "seconds": best, "mode_evals_per_s": n_particles * n_steps * n_modes / best,
-        "particle_steps_per_s": n_particles * n_steps / best, "load_before": load,
-        "load_after": os.getloadavg()[0],
-    }
-    print(f"  {precision:7s} modes {n_modes:5d} particles {n_particles:6d} steps {n_steps:6d}: "
-          f"{best:8.3f} s  {row['mode_evals_per_s']:.3e} mode evals/s  (load {load:.1f})", flush=True)
-    return row
+    t0 = time.perf_counter()
+    cpu.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, precision=row["precision"])
+    wall = time.perf_counter() - t0
+    if wall < row["seconds"]:
+        n = row["n_particles"] * row["n_steps"]
+        row.update(seconds=wall, mode_evals_per_s=n * row["n_modes"] / wall, particle_steps_per_s=n / wall,
+                   load_before=load)
 
 
 def main() -> None:
@@ -65,13 +64,22 @@ def main() -> None:
         work = args.scale * (4e9 if precision == "mixed" else 1.5e8)  # mode evaluations per point
         rows = {"modes": [], "particles": [], "steps": []}
         for n_modes in (64, 128, 256, 512, 1024):
-            rows["modes"].append(timed(precision, n_modes, 3072, max(2, int(work / (3072 * n_modes))), args.repeats))
+            rows["modes"].append(prepare(precision, n_modes, 3072, max(2, int(work / (3072 * n_modes)))))
         for n_particles in (768, 1536, 3072, 6144, 12288, 24576):
-            rows["particles"].append(timed(precision, 256, n_particles, max(2, int(work / (256 * n_particles))),
-                                           args.repeats))
+            rows["particles"].append(prepare(precision, 256, n_particles, max(2, int(work / (256 * n_particles)))))
         base = max(2, int(work / (256 * 3072)))
         for factor in (0.25, 0.5, 1, 2, 4):
-            rows["steps"].append(timed(precision, 256, 3072, max(2, int(base * factor)), args.repeats))
+            rows["steps"].append(prepare(precision, 256, 3072, max(2, int(base * factor))))
+        for _ in range(args.repeats):
+            for key in rows:
+                for row in rows[key]:
+                    run_once(row)
+        for key in rows:
+            for row in rows[key]:
+                del row["_args"]
+                print(f"  {precision:7s} modes {row['n_modes']:5d} particles {row['n_particles']:6d} steps "
+                      f"{row['n_steps']:6d}: {row['seconds']:8.3f} s  {row['mode_evals_per_s']:.3e} mode evals/s"
+                      f"  (load {row['load_before']:.1f})", flush=True)
         # cost per particle-step against modes: a + b * n_modes
         n = np.array([r["n_modes"] for r in rows["modes"]], float)
         t = np.array([r["seconds"] / (r["n_particles"] * r["n_steps"]) for r in rows["modes"]])
