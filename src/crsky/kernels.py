@@ -50,6 +50,10 @@ speed and must NOT be compiled with reassociation (``fastmath=True``):
 :func:`cos_turns` and :func:`reduce_turns` round with the ``(y + 1.5 * 2^23) - 1.5 * 2^23``
 idiom, which reassociation would fold away. The CPU backend compiles them with
 ``fastmath={"contract"}``; CUDA's default (contraction, no reassociation) is fine.
+
+numba's on-disk cache of the CPU drivers (``crsky/backends/cpu.py``), into which these
+kernels are inlined, does not notice edits to this file: after changing a kernel,
+touch ``cpu.py`` or delete its ``__pycache__/*.nb*`` files.
 """
 
 from __future__ import annotations
