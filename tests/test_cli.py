@@ -104,3 +104,22 @@ def test_unwritable_output(tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "crsky.cli", "run", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--preset" in result.stdout
+
+
+def test_internal_value_error_is_a_failure_with_traceback(capsys, monkeypatch):
+    """Only :class:`crsky.errors.InputError` means bad input (exit 2, one line); a
+    ValueError from inside crsky is a bug and must show its traceback (exit 1)."""
+    import crsky.bgk
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal inconsistency")
+
+    monkeypatch.setattr(crsky.bgk, "bgk_ratio", broken)
+    code, _, err = run_cli(["bgk", "--p", "0.5", "--lmax", "4"], capsys)
+    assert code == 1
+    assert "Traceback" in err and "internal inconsistency" in err
+
+
+def test_bad_bgk_argument_is_input_error(capsys):
+    code, _, err = run_cli(["bgk", "--p", "1.5", "--lmax", "4"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

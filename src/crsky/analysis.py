@@ -50,6 +50,7 @@ import scipy.sparse
 import xarray as xr
 
 from . import __version__, units
+from .errors import InputError
 from .store import RunDirError, RunStore, atomic_write_bytes
 
 __all__ = [
@@ -444,14 +445,14 @@ def resolve_gradients(gradients=None) -> dict[str, np.ndarray]:
     for name, value in items:
         if isinstance(value, str):
             if value not in GRADIENT_PRESETS:
-                raise ValueError(f"unknown gradient {value!r}; presets: {', '.join(GRADIENT_PRESETS)}")
+                raise InputError(f"unknown gradient {value!r}; presets: {', '.join(GRADIENT_PRESETS)}")
             value = GRADIENT_PRESETS[value]
         vec = np.asarray(value, dtype=np.float64)
         if vec.shape != (3,) or not np.all(np.isfinite(vec)) or not np.any(vec):
-            raise ValueError(f"gradient {name!r} = {value!r}: must be a non-zero vector of 3 finite numbers")
+            raise InputError(f"gradient {name!r} = {value!r}: must be a non-zero vector of 3 finite numbers")
         out[str(name)] = vec
     if not out:
-        raise ValueError("no gradients given")
+        raise InputError("no gradients given")
     return out
 
 
@@ -462,10 +463,10 @@ def _resolve_K(K, Ks: np.ndarray) -> tuple[np.ndarray, str]:
     if isinstance(K, str):
         if K == "running":
             return Ks.copy(), "running: ensemble K^s(T) at each snapshot"
-        raise ValueError(f"K = {K!r}: must be 'late', 'running' or a 3x3 tensor in L_c c")
+        raise InputError(f"K = {K!r}: must be 'late', 'running' or a 3x3 tensor in L_c c")
     arr = np.asarray(K, dtype=np.float64)
     if arr.shape != (3, 3) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"K = {K!r}: must be 'late', 'running' or a 3x3 tensor of finite numbers (L_c c)")
+        raise InputError(f"K = {K!r}: must be 'late', 'running' or a 3x3 tensor of finite numbers (L_c c)")
     return np.broadcast_to(arr, Ks.shape).copy(), "given: user-supplied 3x3 tensor"
 
 
@@ -559,9 +560,9 @@ def analyze_run(run_dir, gradients=None, K=None, lmax: int | None = None, progre
     npix = config.particles.n_particles
     lmax = 3 * nside - 1 if lmax is None else int(lmax)
     if noise not in NOISE_MODELS:
-        raise ValueError(f"noise = {noise!r}: must be one of {', '.join(NOISE_MODELS)}")
+        raise InputError(f"noise = {noise!r}: must be one of {', '.join(NOISE_MODELS)}")
     if not 1 <= lmax <= 3 * nside - 1:
-        raise ValueError(f"lmax = {lmax}: must be between 1 and 3 nside - 1 = {3 * nside - 1}")
+        raise InputError(f"lmax = {lmax}: must be between 1 and 3 nside - 1 = {3 * nside - 1}")
     grads = resolve_gradients(gradients)
     indices = store.completed()
     if not indices:
@@ -582,9 +583,9 @@ def analyze_run(run_dir, gradients=None, K=None, lmax: int | None = None, progre
             if t_omega is None:
                 t_omega = t_r
             elif t_r.shape != t_omega.shape or not np.allclose(t_r, t_omega, rtol=1e-12, atol=0.0):
-                raise ValueError(f"realisation {index} has other snapshot times than realisation {indices[0]}")
+                raise InputError(f"realisation {index} has other snapshot times than realisation {indices[0]}")
             if ds["x"].shape != (t_omega.size, npix, 3) or ds["p"].shape != ds["x"].shape:
-                raise ValueError(f"realisation {index}: x/p of shape {ds['x'].shape}, expected {(t_omega.size, npix, 3)}")
+                raise InputError(f"realisation {index}: x/p of shape {ds['x'].shape}, expected {(t_omega.size, npix, 3)}")
             summary, V = summarise_realisation(index, ds["x"].values, ds["p"].values, lmax, binning)
             del ds
             summaries.append(summary)

@@ -139,6 +139,8 @@ from typing import Callable
 import numpy as np
 from scipy import linalg, optimize, special
 
+from .errors import InputError
+
 __all__ = [
     "BGKFit",
     "MODELS",
@@ -180,10 +182,10 @@ _P_EDGE = 1e-6
 # --------------------------------------------------------------------------------------
 def _real(name: str, value, allowed: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
+        raise InputError(f"{name} must be a real number {allowed}, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number {allowed}, got {value!r}")
+        raise InputError(f"{name} must be a finite real number {allowed}, got {value!r}")
     return value
 
 
@@ -191,7 +193,7 @@ def _check_p(p) -> float:
     allowed = "in the open interval (0, 1)"
     p = _real("p", p, allowed)
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be {allowed}, got {p!r}")
+        raise InputError(f"p must be {allowed}, got {p!r}")
     return p
 
 
@@ -199,7 +201,7 @@ def _check_positive(name: str, value) -> float:
     allowed = "in (0, inf)"
     value = _real(name, value, allowed)
     if not value > 0.0:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise InputError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -211,18 +213,18 @@ def _check_int(name: str, value, lo: int, hi: int) -> int:
             if math.isfinite(fv) and fv == int(fv):
                 value = int(fv)
             else:
-                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+                raise InputError(f"{name} must be {allowed}, got {value!r}")
         else:
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+            raise InputError(f"{name} must be {allowed}, got {value!r}")
     value = int(value)
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise InputError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
 def _check_model(model) -> str:
     if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        raise InputError(f"model must be one of {MODELS}, got {model!r}")
     return model
 
 
@@ -232,7 +234,7 @@ def _check_exponent(a) -> float | None:
     allowed = "in (-1, 1) or None"
     a = _real("singular_exponent", a, allowed)
     if not -1.0 < a < 1.0:
-        raise ValueError(f"singular_exponent must be {allowed}, got {a!r}")
+        raise InputError(f"singular_exponent must be {allowed}, got {a!r}")
     return a
 
 
@@ -461,7 +463,7 @@ def gauss_jacobi(n: int, alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     n = _check_int("n_nodes", n, 2, NODES_MAX)
     alpha = _real("alpha", alpha, "in (-1, inf)")
     if not alpha > -1.0:
-        raise ValueError(f"alpha must be in (-1, inf), got {alpha!r}")
+        raise InputError(f"alpha must be in (-1, inf), got {alpha!r}")
     if alpha == 0.0:
         x = special.roots_legendre(n)[0]
     else:
@@ -481,15 +483,15 @@ def _nodes(alpha: float | None, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _eval_vr(v_r: Callable, x: np.ndarray) -> np.ndarray:
     if not callable(v_r):
-        raise ValueError(f"v_r must be a callable v_r(x) on [-1, 1], got {v_r!r}")
+        raise InputError(f"v_r must be a callable v_r(x) on [-1, 1], got {v_r!r}")
     val = np.asarray(v_r(x), dtype=float)
     val = np.broadcast_to(val, x.shape) if val.ndim == 0 else val
     if val.shape != x.shape:
-        raise ValueError(
+        raise InputError(
             f"v_r must return an array of the shape of its argument {x.shape}, got {val.shape}"
         )
     if not np.all(np.isfinite(val)):
-        raise ValueError("v_r must return finite values at all quadrature nodes in (-1, 1)")
+        raise InputError("v_r must return finite values at all quadrature nodes in (-1, 1)")
     return val
 
 
@@ -782,11 +784,11 @@ def _finite_1d(name: str, a) -> np.ndarray:
     try:
         arr = np.asarray(a, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D array of finite real numbers") from None
+        raise InputError(f"{name} must be a 1-D array of finite real numbers") from None
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array of finite real numbers")
+        raise InputError(f"{name} must be a non-empty 1-D array of finite real numbers")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a 1-D array of finite real numbers (found nan/inf)")
+        raise InputError(f"{name} must be a 1-D array of finite real numbers (found nan/inf)")
     return arr
 
 
@@ -862,28 +864,28 @@ def fit_p(
     try:
         ell_f = np.asarray(ell, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError("ell must be a 1-D array of integers >= 1") from None
+        raise InputError("ell must be a 1-D array of integers >= 1") from None
     if ell_f.ndim != 1 or ell_f.size == 0:
-        raise ValueError("ell must be a non-empty 1-D array of integers >= 1")
+        raise InputError("ell must be a non-empty 1-D array of integers >= 1")
     if not np.all(np.isfinite(ell_f)) or np.any(ell_f < 1) or np.any(ell_f != np.round(ell_f)):
-        raise ValueError("ell must be a 1-D array of integers >= 1")
+        raise InputError("ell must be a 1-D array of integers >= 1")
     ell_i = ell_f.astype(np.int64)
     if np.unique(ell_i).size != ell_i.size:
-        raise ValueError("ell must not contain duplicate multipoles")
+        raise InputError("ell must not contain duplicate multipoles")
     try:
         r = np.asarray(ratio, dtype=float)
         s = np.asarray(ratio_err, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError("ratio and ratio_err must be 1-D arrays of real numbers") from None
+        raise InputError("ratio and ratio_err must be 1-D arrays of real numbers") from None
     if r.shape != ell_i.shape:
-        raise ValueError(f"ratio must have the shape of ell {ell_i.shape}, got {r.shape}")
+        raise InputError(f"ratio must have the shape of ell {ell_i.shape}, got {r.shape}")
     if s.shape != ell_i.shape:
-        raise ValueError(f"ratio_err must have the shape of ell {ell_i.shape}, got {s.shape}")
+        raise InputError(f"ratio_err must have the shape of ell {ell_i.shape}, got {s.shape}")
     lmin = _check_int("lmin", lmin, 1, LMAX_CLOSED_FORM)
     if lmax is not None:
         lmax = _check_int("lmax", lmax, lmin, LMAX_CLOSED_FORM)
     if not isinstance(free_norm, (bool, np.bool_)):
-        raise ValueError(f"free_norm must be True or False, got {free_norm!r}")
+        raise InputError(f"free_norm must be True or False, got {free_norm!r}")
     model = _check_model(model)
 
     use = ell_i >= lmin
@@ -892,19 +894,19 @@ def fit_p(
     if mask is not None:
         m = np.asarray(mask)
         if m.shape != ell_i.shape or m.dtype != bool:
-            raise ValueError(f"mask must be a boolean array of the shape of ell {ell_i.shape}")
+            raise InputError(f"mask must be a boolean array of the shape of ell {ell_i.shape}")
         use &= m
     n_par = 2 if free_norm else 1
     if use.sum() < n_par + 1:
-        raise ValueError(
+        raise InputError(
             f"fit needs at least {n_par + 1} multipoles in [lmin, lmax] and mask, "
             f"got {int(use.sum())}"
         )
     L, R, S = ell_i[use], r[use], s[use]
     if not np.all(np.isfinite(R)):
-        raise ValueError("ratio must be finite at the multipoles used in the fit")
+        raise InputError("ratio must be finite at the multipoles used in the fit")
     if not np.all(np.isfinite(S)) or np.any(S <= 0):
-        raise ValueError("ratio_err must be finite and > 0 at the multipoles used in the fit")
+        raise InputError("ratio_err must be finite and > 0 at the multipoles used in the fit")
     order = np.argsort(L)
     L, R, S = L[order], R[order], S[order]
     w = 1.0 / S**2

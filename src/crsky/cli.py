@@ -11,11 +11,12 @@ import json
 import sys
 
 from . import __version__
+from .errors import InputError
 
 __all__ = ["main"]
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad command-line input."""
 
 
@@ -196,14 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crsky`` command; returns the exit code."""
     from .backends import BackendError
-    from .config import ConfigError
-    from .store import RunDirError
 
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         return args.func(args)
-    except (UsageError, ConfigError, RunDirError, BackendError, ValueError) as exc:
+    except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included
         print(f"crsky: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from typing import Any
 import tomli_w
 
 from . import units
+from .errors import InputError
 
 __all__ = [
     "ConfigError",
@@ -48,7 +49,7 @@ PRECISIONS = ("float64", "float32")
 FIELD_PRECISIONS = ("float64", "mixed")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 

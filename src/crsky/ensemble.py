@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backends import resolve_backend
 from .config import RunConfig, config_from_toml_text
+from .errors import InputError
 from .simulate import batch_size, simulate_realisations
 from .store import RunStore, realisation_dataset
 
@@ -85,7 +86,7 @@ def run_ensemble(
         The completed run directory.
     """
     if workers < 1:
-        raise ValueError(f"workers = {workers}: must be >= 1")
+        raise InputError(f"workers = {workers}: must be >= 1")
     backend = resolve_backend(backend)
     store = RunStore.open(run_dir, config, force=force)
     pending = store.pending(config.ensemble.realisations)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["ObservedSpectrum", "read_observed", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
 
 #: Columns every file must have (header names, case-insensitive).
@@ -85,9 +87,9 @@ def _number(text: str, path: Path, lineno: int, column: str) -> float:
         value = float(value_text)
     except ValueError:
         shown = value_text if value_text else "(empty)"
-        raise ValueError(f"observed spectrum {path}: line {lineno}, column {column}: {shown!r} is not a number") from None
+        raise InputError(f"observed spectrum {path}: line {lineno}, column {column}: {shown!r} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"observed spectrum {path}: line {lineno}, column {column}: {value_text!r} is not a finite number")
+        raise InputError(f"observed spectrum {path}: line {lineno}, column {column}: {value_text!r} is not a finite number")
     return value
 
 
@@ -116,15 +118,15 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"observed spectrum {path}: no such file")
+        raise InputError(f"observed spectrum {path}: no such file")
     if not path.is_file():
-        raise ValueError(f"observed spectrum {path}: not a regular file")
+        raise InputError(f"observed spectrum {path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise ValueError(f"observed spectrum {path}: not a UTF-8 text file") from None
+        raise InputError(f"observed spectrum {path}: not a UTF-8 text file") from None
     except OSError as exc:
-        raise ValueError(f"observed spectrum {path}: cannot read ({exc.strerror or exc})") from None
+        raise InputError(f"observed spectrum {path}: cannot read ({exc.strerror or exc})") from None
 
     # (line number, fields) of every non-blank, non-comment line
     rows: list[tuple[int, list[str]]] = []
@@ -135,47 +137,47 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
         fields = next(csv.reader(io.StringIO(line), skipinitialspace=True))
         rows.append((lineno, [f.strip() for f in fields]))
     if not rows:
-        raise ValueError(f"observed spectrum {path}: empty file (expected a header row "
+        raise InputError(f"observed spectrum {path}: empty file (expected a header row "
                          f"{','.join(REQUIRED_COLUMNS)}[,noise] and data rows)")
 
     header_line, header = rows[0]
     names = [h.lower() for h in header]
     wanted = {c.lower(): c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     if all(_is_number(h) for h in header if h):
-        raise ValueError(f"observed spectrum {path}: line {header_line}: missing header row (expected column names "
+        raise InputError(f"observed spectrum {path}: line {header_line}: missing header row (expected column names "
                          f"{','.join(REQUIRED_COLUMNS)}[,noise], found numbers)")
     duplicated = sorted({n for n in names if n in wanted and names.count(n) > 1})
     if duplicated:
-        raise ValueError(f"observed spectrum {path}: line {header_line}: column {wanted[duplicated[0]]} appears more than once")
+        raise InputError(f"observed spectrum {path}: line {header_line}: column {wanted[duplicated[0]]} appears more than once")
     missing = [c for c in REQUIRED_COLUMNS if c.lower() not in names]
     if missing:
-        raise ValueError(f"observed spectrum {path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+        raise InputError(f"observed spectrum {path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                          f"(header has {', '.join(header) if any(header) else 'no names'})")
     index = {key: names.index(key) for key in wanted if key in names}
     data = rows[1:]
     if not data:
-        raise ValueError(f"observed spectrum {path}: no data rows after the header")
+        raise InputError(f"observed spectrum {path}: no data rows after the header")
 
     ell, cl, err, noise = [], [], [], []
     seen: dict[int, int] = {}
     for lineno, fields in data:
         if len(fields) != len(header):
-            raise ValueError(f"observed spectrum {path}: line {lineno}: {len(fields)} fields, the header has {len(header)}")
+            raise InputError(f"observed spectrum {path}: line {lineno}: {len(fields)} fields, the header has {len(header)}")
         ell_value = _number(fields[index["ell"]], path, lineno, "ell")
         if ell_value != int(ell_value) or ell_value < 1:
-            raise ValueError(f"observed spectrum {path}: line {lineno}: ell = {fields[index['ell']]!s} is not a positive integer")
+            raise InputError(f"observed spectrum {path}: line {lineno}: ell = {fields[index['ell']]!s} is not a positive integer")
         ell_int = int(ell_value)
         if ell_int in seen:
-            raise ValueError(f"observed spectrum {path}: line {lineno}: ell = {ell_int} repeats line {seen[ell_int]}")
+            raise InputError(f"observed spectrum {path}: line {lineno}: ell = {ell_int} repeats line {seen[ell_int]}")
         seen[ell_int] = lineno
         c_value = _number(fields[index["c_ell"]], path, lineno, "C_ell")
         e_value = _number(fields[index["error"]], path, lineno, "error")
         if e_value < 0:
-            raise ValueError(f"observed spectrum {path}: line {lineno}: negative error {fields[index['error']]}")
+            raise InputError(f"observed spectrum {path}: line {lineno}: negative error {fields[index['error']]}")
         if "noise" in index:
             n_value = _number(fields[index["noise"]], path, lineno, "noise")
             if n_value < 0:
-                raise ValueError(f"observed spectrum {path}: line {lineno}: negative noise {fields[index['noise']]}")
+                raise InputError(f"observed spectrum {path}: line {lineno}: negative noise {fields[index['noise']]}")
             noise.append(n_value)
         ell.append(ell_int)
         cl.append(c_value)

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "FIGURES_DIR",
     "STEADY_STATE_T_OMEGA",
@@ -666,7 +668,7 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
     if gradient is None:
         gradient = "parallel" if "parallel" in names else names[0]
     if gradient not in names:
-        raise ValueError(f"gradient {gradient!r} is not in the analysis (has {', '.join(names)})")
+        raise InputError(f"gradient {gradient!r} is not in the analysis (has {', '.join(names)})")
     if realisation is None:
         realisation = int(ds["realisation"].values[0])
     t = np.asarray(ds["t_omega"].values, dtype=float)
@@ -674,13 +676,13 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
 
     store = RunStore.existing(run_dir)
     if int(realisation) not in store.completed():
-        raise ValueError(f"realisation {realisation} is not complete in {run_dir}")
+        raise InputError(f"realisation {realisation} is not complete in {run_dir}")
     r = store.read_realisation(int(realisation))
     x = np.asarray(r["x"].values, dtype=float)
     p = np.asarray(r["p"].values, dtype=float)
     t_r = np.asarray(r["t_omega"].values, dtype=float)
     if t_r.shape != t.shape or not np.allclose(t_r, t, rtol=1e-9):
-        raise ValueError(f"realisation {realisation} has other snapshot times than the analysis; re-run analyze")
+        raise InputError(f"realisation {realisation} has other snapshot times than the analysis; re-run analyze")
     g = np.asarray(ds["gradient_vector"].sel(gradient=gradient).values, dtype=float)
     K_map = np.asarray(ds["K_map"].values, dtype=float)
     nside = hp.npix2nside(x.shape[1])
@@ -872,7 +874,7 @@ def plot_observed(ds, observed, time=None):
 
     obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
     if not obs_list:
-        raise ValueError("no observed spectrum given")
+        raise InputError("no observed spectrum given")
     t = np.asarray(ds["t_omega"].values, dtype=float)
     k = t.size - 1 if time is None else int(time)
     lmax_sim = int(ds.sizes["ell"]) - 1

@@ -34,6 +34,7 @@ import xarray as xr
 
 from . import __version__
 from .config import ConfigError, RunConfig, config_from_toml_text
+from .errors import InputError
 
 __all__ = ["RunDirError", "RunStore", "realisation_dataset", "atomic_write_bytes"]
 
@@ -43,7 +44,7 @@ REALISATIONS = "realisations"
 _FORMAT = 1
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """The run directory cannot be used as asked (other config, not a run, unwritable)."""
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import InputError
+
 __all__ = ["RL_PC_PER_TEV_PER_MICROGAUSS", "gyroradius_pc", "gyroradius_lc", "time_to_lc_over_c"]
 
 #: ``r_L / pc`` of a Z = 1 ultra-relativistic particle of 1 TeV in 1 microgauss:
@@ -38,5 +40,5 @@ def gyroradius_lc(energy_tev: float, charge: int, b0_microgauss: float, lc_pc: f
 def time_to_lc_over_c(t_omega: float, rl: float) -> float:
     """Convert ``t * Omega`` to time in units of ``L_c / c``: ``t = (t Omega) r_L / c``."""
     if not math.isfinite(t_omega):
-        raise ValueError(f"t_omega = {t_omega!r} must be finite")
+        raise InputError(f"t_omega = {t_omega!r} must be finite")
     return t_omega * rl

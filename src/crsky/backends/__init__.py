@@ -8,6 +8,8 @@ snapshot_steps) -> (positions, velocities)`` with the same meaning and units; se
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 __all__ = ["BackendError", "BACKENDS", "get_backend", "resolve_backend"]
 
 BACKENDS = ("auto", "cpu", "cuda")
@@ -49,7 +51,7 @@ def resolve_backend(name: str) -> str:
         For ``cuda`` without a usable GPU (never a silent CPU run).
     """
     if name not in BACKENDS:
-        raise ValueError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
+        raise InputError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
     if name == "auto":
         # Never the simulator: it is for tests, thousands of times slower than the CPU.
         return "cuda" if cuda_available() and not cuda_simulated() else "cpu"
