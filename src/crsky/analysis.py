@@ -654,6 +654,13 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
     # C_1 of the mean map carries (<C_1> - C_1(E dI)) / R of realisation scatter (shot
     # noise and cosmic variance); the pair (U-) estimator removes it exactly.
     dipole_unbiased = (R * dipole_standard - cl[..., 1]) / (R - 1) if R > 1 else np.full_like(dipole_standard, np.nan)
+    # The same split at every l: <C_l> = coherent + relative exactly, with the coherent
+    # part the spectrum of the expected map E[dI] (the standard-diffusion anisotropy,
+    # a dipole at late times) and the relative part that of dI - E[dI], the
+    # realisation's own structure from relative diffusion (docs/validation.md s.5).
+    cl_mean_map = np.einsum("gtk,tlk->gtl", coef, mean_spectra)
+    cl_coherent = (R * cl_mean_map - cl) / (R - 1) if R > 1 else np.full_like(cl, np.nan)
+    cl_relative = cl - cl_coherent
 
     # -- sum rules ------------------------------------------------------------------
     wt = (2.0 * ell + 1.0) / (4.0 * np.pi)
@@ -680,7 +687,12 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
     high_h = rule(lhs_high_r, rhs_high_r)
 
     # -- BGK fit at the last snapshot -----------------------------------------------
-    fits = [_fit_bgk(cl_hat[g, -1], noise_err[g, -1], fit_nsigma) for g in range(len(names))]
+    fits = [_fit_bgk(cl_hat[g, -1], noise_err[g, -1], fit_nsigma, cl_err[g, -1]) for g in range(len(names))]
+    # The relative part is what the ansatz's v_r(x) describes at every l, the dipole
+    # included: fixed normalisation. Its errors at l >= 2 are those of <C_l> (the
+    # coherent part is a dipole); the error of its C_1 is neglected.
+    fits_rel = [_fit_bgk(cl_relative[g, -1] - noise[g, -1], noise_err[g, -1], fit_nsigma, cl_err[g, -1],
+                         free_norm=False) for g in range(len(names))]
     fit_status = "; ".join(f"{n}: {f['status']}" for n, f in zip(names, fits))
 
     dims_gt = ("gradient", "time")
@@ -717,6 +729,10 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
         "dipole_standard_unbiased": (dims_gt, dipole_unbiased, {"long_name": "(R C_1(<dI>) - <C_1>)/(R-1): "
                                      "C_1 of the expected map without the realisation-scatter bias", "units": pw}),
         "dipole_standard_theory": (dims_gt, dipole_theory, {"long_name": "4 pi |K_map g|^2 (eq. 1.1)", "units": pw}),
+        "cl_coherent": (dims_gtl, cl_coherent, {"long_name": "(R C_l(<dI>) - <C_l>)/(R-1): C_l of the expected map "
+                        "E[dI] (coherent, standard-diffusion part), unbiased", "units": pw}),
+        "cl_relative": (dims_gtl, cl_relative, {"long_name": "<C_l> - cl_coherent: C_l of dI - E[dI] (relative "
+                        "part, incl. shot noise)", "units": pw}),
         "variance": (dims_gt, tot[0], {"long_name": "sum over all l of (2l+1)<C_l>/4pi = <pixel mean of dI^2> "
                                       "(Parseval on the pixelised sky); eq. 2.5 LHS", "units": "1"}),
         "variance_err": (dims_gt, tot[1], {"long_name": "standard error of variance", "units": "1"}),
@@ -755,6 +771,10 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
                                                                   "units": "1"}),
         "p_hi": ("gradient", np.array([f["p_hi"] for f in fits]), {"long_name": "upper 1-sigma bound of p",
                                                                   "units": "1"}),
+        "p_fit_relative": ("gradient", np.array([f["p"] for f in fits_rel]), {"long_name": "BGK exponent p "
+                           "fitted to the relative part (cl_relative - N) at the last snapshot", "units": "1"}),
+        "p_err_relative": ("gradient", np.array([f["p_err"] for f in fits_rel]), {"long_name": "1-sigma error of "
+                           "p_fit_relative", "units": "1"}),
         "fit_chi2_dof": ("gradient", np.array([f["chi2_dof"] for f in fits]), {"long_name": "chi^2 per degree "
                          "of freedom of the BGK fit", "units": "1"}),
         "fit_lmin": ("gradient", np.array([f["lmin"] for f in fits], dtype=np.int64),
@@ -793,14 +813,25 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
     return ds
 
 
-def _fit_bgk(cl_hat: np.ndarray, sigma: np.ndarray, nsigma: float) -> dict:
-    """Fit the BGK exponent p to ``C_hat_l / C_hat_1`` (one gradient, one snapshot)."""
+def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: np.ndarray | None = None,
+             free_norm: bool = True) -> dict:
+    """Fit the BGK exponent p to ``C_hat_l / C_hat_1`` (one gradient, one snapshot).
+
+    The multipoles used are ``l = 2`` up to the last one before ``C_hat_l`` first drops
+    below ``nsigma`` times the noise standard deviation ``noise_sigma``. The errors of
+    the fit are ``sigma`` (default ``noise_sigma``): the analysis passes the standard
+    error of ``<C_l>`` over realisations, which holds shot noise *and* cosmic variance;
+    the noise alone underestimates the error where the spectrum is far above the noise.
+    ``free_norm=False`` fixes the ratio at ``l = 1`` to 1 (the dipole enters the fit;
+    the error of ``C_hat_1`` is then neglected).
+    """
+    sigma = noise_sigma if sigma is None or not np.all(np.isfinite(sigma[1:])) else sigma
     nan = {"p": np.nan, "p_err": np.nan, "p_lo": np.nan, "p_hi": np.nan, "chi2_dof": np.nan, "lmin": -1, "lmax": -1}
     if cl_hat.size < 5 or not cl_hat[1] > 0:
         return {**nan, "status": "no fit (C_hat_1 <= 0 or lmax < 4)"}
     lmax_fit = 1
     for ell in range(2, cl_hat.size):
-        if cl_hat[ell] > nsigma * sigma[ell]:
+        if cl_hat[ell] > nsigma * noise_sigma[ell]:
             lmax_fit = ell
         else:
             break
@@ -808,15 +839,15 @@ def _fit_bgk(cl_hat: np.ndarray, sigma: np.ndarray, nsigma: float) -> dict:
         return {**nan, "status": f"no fit (fewer than 3 multipoles l >= 2 with C_hat_l > {nsigma:g} sigma_noise)"}
     ells = np.arange(2, lmax_fit + 1)
     ratio = cl_hat[ells] / cl_hat[1]
-    # fit_p profiles a free normalisation, which absorbs the common factor C_hat_1 and
-    # its fluctuation: the errors are those of C_hat_l alone, over C_hat_1.
+    # With a free normalisation fit_p absorbs the common factor C_hat_1 and its
+    # fluctuation: the errors are those of C_hat_l alone, over C_hat_1.
     ratio_err = sigma[ells] / cl_hat[1]
     try:
         from .bgk import fit_p
     except ImportError as exc:
         return {**nan, "lmin": 2, "lmax": lmax_fit, "status": f"no fit (crsky.bgk.fit_p not available: {exc})"}
     try:
-        fit = fit_p(ells, ratio, ratio_err, lmin=2, lmax=lmax_fit)
+        fit = fit_p(ells, ratio, ratio_err, lmin=2, lmax=lmax_fit, free_norm=free_norm)
     except Exception as exc:  # a failed fit must not lose the analysis
         warnings.warn(f"BGK fit failed: {exc}", RuntimeWarning, stacklevel=3)
         return {**nan, "lmin": 2, "lmax": lmax_fit, "status": f"fit failed: {exc}"}
@@ -906,7 +937,8 @@ def summary_dict(ds: xr.Dataset) -> dict:
         ensemble mean ``<C_l>`` and its standard error), ``"noise"`` (eq. 3.1, per
         snapshot), ``"dipole_standard"`` (``C_1`` of ``<dI>``), ``"sum_rule"`` (eq. 2.5
         LHS / RHS with the LHS summed over all ``l``), ``"p_fit", "p_err"`` (BGK fit at
-        the last snapshot)}}``.
+        the last snapshot)}}``. Everything else (``cl_coherent``, ``cl_relative``,
+        ``p_fit_relative``, ...) is in ``analysis.nc``.
     """
     out = {
         "t_omega": _json_list(ds["t_omega"].values),

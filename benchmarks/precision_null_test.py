@@ -1,0 +1,121 @@
+"""Does the mixed-precision path change the physics?  A paired null test.
+
+Three runs of the same configuration (same seed, so the same field realisations and
+directions): a float64 reference, a candidate (e.g. ``precision = "mixed"``), and a
+control that differs from the reference by a rounding-level change known not to
+matter (e.g. ``dt * (1 + 1e-9)``).  Orbits are chaotic: any perturbation, 1e-16 or
+1e-7, separates each orbit from its reference twin completely by ``t Omega ~ 150``
+(docs/performance.md).  After that, candidate and control are both *independent
+re-samplings of the trajectories in the same fields*, and the candidate passes if its
+differences from the reference are distributed like the control's.
+
+For each late snapshot (``t Omega >= --t-min``), each gradient and each multipole, the
+paired difference ``C_l(run) - C_l(reference)`` is averaged over realisations and
+divided by its standard error over realisations (the same for ``K_par``, ``K_perp``):
+``z``.  Under the null both sets of ``z`` follow the same (roughly Student-t)
+distribution.  Reported: rms and maximum ``|z|``, the fraction beyond 2 and 3, and a
+two-sample Kolmogorov-Smirnov test between the candidate's and the control's ``|z|``
+(the ``z`` of neighbouring snapshots are correlated, so its p-value is indicative).
+
+Usage::
+
+    python benchmarks/precision_null_test.py REF_RUN CANDIDATE_RUN CONTROL_RUN [--t-min 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from scipy import stats
+
+from crsky.analysis import angular_power, diffusion_tensor, relative_intensity, resolve_gradients
+from crsky.store import RunStore
+
+
+def per_realisation(run_dir, t_min: float):
+    """``K`` (n_real, n_t, 3, 3) and ``C_l`` {gradient: (n_real, n_t, lmax+1)} at
+    ``t Omega >= t_min``, with ``K`` of the reference form ``<x x>/2T`` per realisation
+    and the map's ``-3 K p`` term using the realisation's own running ``K``."""
+    store = RunStore.existing(run_dir)
+    config = store.config()
+    grads = resolve_gradients()
+    Ks, cls = [], {name: [] for name in grads}
+    for index in store.completed():
+        ds = store.read_realisation(index)
+        t = ds["t_omega"].values
+        keep = t >= t_min
+        x = ds["x"].values[keep]
+        p = ds["p"].values[keep]
+        T = t[keep] * config.particles.rl
+        K = diffusion_tensor(x, T)
+        Ks.append(K)
+        for name, g in grads.items():
+            maps = relative_intensity(x, p, g, K)
+            cls[name].append(np.array([angular_power(m) for m in maps]))
+    return t[keep], np.array(Ks), {k: np.array(v) for k, v in cls.items()}
+
+
+def paired_z(a, b):
+    d = a - b
+    return d.mean(axis=0) / (d.std(axis=0, ddof=1) / np.sqrt(d.shape[0]))
+
+
+def z_values(ref, run):
+    _, K0, C0 = ref
+    _, K1, C1 = run
+    zK = np.concatenate([
+        paired_z(K1[:, :, 2, 2], K0[:, :, 2, 2]).ravel(),
+        paired_z((K1[:, :, 0, 0] + K1[:, :, 1, 1]) / 2, (K0[:, :, 0, 0] + K0[:, :, 1, 1]) / 2).ravel(),
+    ])
+    zC = np.concatenate([paired_z(C1[name], C0[name]).ravel() for name in C0])
+    return zK, zC[np.isfinite(zC)]
+
+
+def describe(z) -> dict:
+    a = np.abs(z)
+    return {"n": int(a.size), "rms": float(np.sqrt(np.mean(a**2))), "max": float(a.max()),
+            "frac_gt_2": float(np.mean(a > 2)), "frac_gt_3": float(np.mean(a > 3)),
+            "median": float(np.median(a))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference")
+    parser.add_argument("candidate")
+    parser.add_argument("control")
+    parser.add_argument("--t-min", type=float, default=150.0, help="earliest t Omega compared (default 150)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    ref = per_realisation(args.reference, args.t_min)
+    cand = per_realisation(args.candidate, args.t_min)
+    ctrl = per_realisation(args.control, args.t_min)
+    if not (np.allclose(ref[0], cand[0], rtol=1e-6) and np.allclose(ref[0], ctrl[0], rtol=1e-6)):
+        raise SystemExit("the three runs have different snapshot times")
+    zK_c, zC_c = z_values(ref, cand)
+    zK_0, zC_0 = z_values(ref, ctrl)
+    out = {
+        "t_omega": ref[0].tolist(),
+        "realisations": int(ref[1].shape[0]),
+        "candidate": {"K": describe(zK_c), "C_l": describe(zC_c)},
+        "control": {"K": describe(zK_0), "C_l": describe(zC_0)},
+        "ks_C_l_abs_z": {"statistic": float(stats.ks_2samp(np.abs(zC_c), np.abs(zC_0)).statistic),
+                         "pvalue": float(stats.ks_2samp(np.abs(zC_c), np.abs(zC_0)).pvalue)},
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"snapshots t Omega = {', '.join(f'{t:g}' for t in out['t_omega'])}; {out['realisations']} realisations")
+    print(f"{'':10s} {'':4s} {'n':>5s} {'median|z|':>9s} {'rms z':>7s} {'max|z|':>7s} {'>2':>6s} {'>3':>6s}")
+    for who in ("candidate", "control"):
+        for what in ("K", "C_l"):
+            d = out[who][what]
+            print(f"{who:10s} {what:4s} {d['n']:5d} {d['median']:9.2f} {d['rms']:7.2f} {d['max']:7.2f} "
+                  f"{d['frac_gt_2']:6.3f} {d['frac_gt_3']:6.3f}")
+    ks = out["ks_C_l_abs_z"]
+    print(f"KS test candidate vs control |z| of C_l: D = {ks['statistic']:.3f}, p = {ks['pvalue']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
