@@ -34,7 +34,7 @@ from crsky.analysis import angular_power, diffusion_tensor, relative_intensity, 
 from crsky.store import RunStore
 
 
-def per_realisation(run_dir, t_min: float):
+def per_realisation(run_dir, t_min: float, indices=None):
     """``K`` (n_real, n_t, 3, 3) and ``C_l`` {gradient: (n_real, n_t, lmax+1)} at
     ``t Omega >= t_min``, with ``K`` of the reference form ``<x x>/2T`` per realisation
     and the map's ``-3 K p`` term using the realisation's own running ``K``."""
@@ -42,7 +42,7 @@ def per_realisation(run_dir, t_min: float):
     config = store.config()
     grads = resolve_gradients()
     Ks, cls = [], {name: [] for name in grads}
-    for index in store.completed():
+    for index in store.completed() if indices is None else indices:
         ds = store.read_realisation(index)
         t = ds["t_omega"].values
         keep = t >= t_min
@@ -88,9 +88,14 @@ def main() -> None:
     parser.add_argument("--t-min", type=float, default=150.0, help="earliest t Omega compared (default 150)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    ref = per_realisation(args.reference, args.t_min)
-    cand = per_realisation(args.candidate, args.t_min)
-    ctrl = per_realisation(args.control, args.t_min)
+    # Pair by realisation index: only those complete in all three runs.
+    common = sorted(set.intersection(*(set(RunStore.existing(r).completed())
+                                       for r in (args.reference, args.candidate, args.control))))
+    if len(common) < 3:
+        raise SystemExit(f"only {len(common)} realisations are complete in all three runs")
+    ref = per_realisation(args.reference, args.t_min, common)
+    cand = per_realisation(args.candidate, args.t_min, common)
+    ctrl = per_realisation(args.control, args.t_min, common)
     if not (np.allclose(ref[0], cand[0], rtol=1e-6) and np.allclose(ref[0], ctrl[0], rtol=1e-6)):
         raise SystemExit("the three runs have different snapshot times")
     zK_c, zC_c = z_values(ref, cand)
