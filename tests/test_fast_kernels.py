@@ -310,3 +310,180 @@ def test_new_kernels_compile_for_cuda(monkeypatch):
     cres = compile_cuda(kernel, types.void, (f64, f64, f32, f32, types.float32[:]), cc=(8, 0))
     ir = cres.library.get_llvm_str()
     assert "fptrunc double" in ir  # float64 reference phases and offsets rounded to float32
+
+
+# --------------------------------------------------------------------------------------
+# The CUDA backend's mixed path: float64 phase and reduction per mode, float32 cosine
+# (kernels.quarter_turns, neg_sin_turns, field_at_turns). Checked here on the CPU
+# compilation of the same scalar kernels, plain (as written) and with FMA contraction
+# (what the GPU compiler does).
+# --------------------------------------------------------------------------------------
+
+PLAIN = kernels.compile_kernels(numba.njit)
+TURNS_SETS = {"plain": PLAIN, "contract": K}
+
+
+def _turns_drivers(kset):
+    quarter, neg_sin, field = kset.quarter_turns, kset.neg_sin_turns, kset.field_at_turns
+
+    @numba.njit
+    def cos_many(phases, out):
+        for i in range(phases.shape[0]):
+            out[i] = neg_sin(quarter(phases[i]))
+
+    @numba.njit
+    def field_many(turns, amps, points, out):
+        for i in range(points.shape[0]):
+            out[i, 0], out[i, 1], out[i, 2] = field(points[i, 0], points[i, 1], points[i, 2], turns, amps)
+
+    return cos_many, field_many
+
+
+DRIVERS = {name: _turns_drivers(kset) for name, kset in TURNS_SETS.items()}
+
+
+def test_quarter_turns_is_the_exact_reduction_rounded_once():
+    # t = |p - round(p)| - 1/4 is exact in float64 for these p; the kernel's only error
+    # is the rounding to float32: at most half an ulp of |t| <= 1/4, 2^-26 = 1.5e-8.
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    phases = np.concatenate([rng.uniform(-2e5, 2e5, 400), rng.uniform(-2, 2, 200),
+                             [0.0, 0.5, -0.5, 2.5, 0.25, -0.75, 1e5 + 0.125]])
+    for p in phases:
+        r = Fraction(float(p)) - round(Fraction(float(p)))  # Fraction rounds half to even: |r| = 1/2 either way
+        exact = abs(r) - Fraction(1, 4)
+        got = PLAIN.quarter_turns(float(p))
+        assert isinstance(got, float) and -0.25 <= got <= 0.25
+        assert abs(Fraction(float(got)) - exact) <= Fraction(1, 2**26)
+
+
+@pytest.mark.parametrize("name", sorted(TURNS_SETS))
+def test_turns_cosine_against_float64_at_phases_up_to_1e6_rad(name):
+    # cos(phase) for float64 phases in turns up to 1.6e5 turns (1e6 rad), against
+    # numpy's float64 cosine of the exactly reduced phase (error ~1e-16). Measured max
+    # 1.6e-7 plain, 1.3e-7 with FMA (cos_turns of the CPU path: 1.4e-7), at |cos| ~ 1
+    # where the float32 result's own spacing is 6e-8: the float32 polynomial dominates;
+    # the float32 rounding of t costs little because it happens where d sin(2 pi t)/dt
+    # is smallest. A float32 phase without the float64 reduction is off by ~1e-2 here.
+    cos_many, _ = DRIVERS[name]
+    rng = np.random.default_rng(4)
+    turns = np.concatenate([rng.uniform(-1e6, 1e6, 500_000) / (2 * np.pi), np.linspace(-3, 3, 600_001)])
+    out = np.empty(len(turns), np.float32)
+    cos_many(turns, out)
+    exact = np.cos(2 * np.pi * (turns - np.round(turns)))
+    assert np.abs(out - exact).max() < 2e-7
+
+
+@pytest.mark.parametrize("name", sorted(TURNS_SETS))
+@pytest.mark.parametrize(
+    "turbulence",
+    [TurbulenceConfig(n_modes=256), TurbulenceConfig(n_modes=1024),
+     TurbulenceConfig(geometry="composite", n_modes=200)],
+    ids=["iso256", "iso1024", "composite200"],
+)
+def test_field_at_turns_against_float64_and_the_numpy_oracle(turbulence, name):
+    # Points out to |x| = 1e3 L_c: phases up to 6e5 rad. Requirement: error < 1e-6 of
+    # the rms turbulent field. Measured max over these 2e4 points (plain / FMA):
+    # 2.8e-7 / 2.8e-7 (256 modes), 2.6e-7 / 2.4e-7 (1024), 3.7e-7 / 3.8e-7 (composite),
+    # rms 9e-8; over 2e5 points at most 4.2e-7. The float32 sums over blocks of
+    # TURNS_MODE_BLOCK = 16 modes dominate (float64 sums: 1.5-2e-7; blocks of 32:
+    # 4-7e-7; float32 sums over all 1024 modes: 3.5e-6, which this test would catch).
+    # 200 modes: twelve full blocks and a partial one.
+    _, field_many = DRIVERS[name]
+    modes = make_modes(turbulence, seed=3, realisation=2)
+    rms = math.sqrt(turbulence.sigma2)
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(20000, 3))
+    x *= (1000.0 * rng.uniform(0, 1, len(x)) / np.linalg.norm(x, axis=1))[:, None]
+    got = np.empty_like(x)
+    field_many(*kernels.turns_mode_arrays(modes), x, got)
+    f64 = cpu.field_at_points(modes, x)  # the float64 kernel
+    oracle = field_reference(modes, x)
+    assert np.abs(f64 - oracle).max() < 1e-11  # the two references agree
+    for ref in (f64, oracle):
+        err = np.linalg.norm(got - ref, axis=1)
+        assert err.max() < 1e-6 * rms
+        assert np.sqrt(np.mean(err**2)) < 2e-7 * rms
+
+
+def test_turns_mode_arrays_layout():
+    modes = make_modes(TurbulenceConfig(n_modes=5), 0, 0)
+    turns, amps = kernels.turns_mode_arrays(modes)
+    assert turns.shape == (5, 4) and turns.dtype == np.float64 and turns.flags.c_contiguous
+    assert amps.shape == (5, 4) and amps.dtype == np.float32 and amps.flags.c_contiguous
+    np.testing.assert_array_equal(turns[:, 0:3], modes[0:3].T / (2 * np.pi))
+    np.testing.assert_array_equal(turns[:, 3], modes[6] / (2 * np.pi))
+    np.testing.assert_array_equal(amps[:, 0:3], modes[3:6].T.astype(np.float32))
+    assert np.all(amps[:, 3] == 0)
+    # no modes: the regular field alone
+    t0, a0 = kernels.turns_mode_arrays(np.zeros((7, 0)))
+    assert PLAIN.field_at_turns(1.0, 2.0, 3.0, t0, a0) == (0.0, 0.0, 1.0)
+
+
+def test_push_turns_keeps_speed_and_follows_the_uniform_field_helix():
+    # sigma2 = 0: every mode has zero amplitude, the field is exactly z_hat, and the
+    # orbit is the float64 path's (same rotation formula to 1e-16 per step).
+    uniform = make_modes(TurbulenceConfig(sigma2=0.0, n_modes=40), 0, 0)
+    turns, amps = kernels.turns_mode_arrays(uniform)
+    rl, dtau = 0.37, 0.05
+    s = (0.0, 0.0, 0.0, 0.8, 0.0, 0.6)
+    for _ in range(2000):
+        s = PLAIN.push_turns(*s, turns, amps, 1.0, dtau, rl)
+    x, v = helix(0.8, 0.6, np.array([2000 * dtau]), rl, 1.0)
+    np.testing.assert_allclose(s[3:6], v[0], rtol=0, atol=1e-12)
+    h = dtau / 2
+    assert np.linalg.norm(np.array(s[0:3]) - x[0]) <= 2 * rl * 0.8 * (1 - h / np.tan(h)) + 1e-11
+    # |v| = 1 to rounding: measured 4.8e-14 after 2000 steps (a random walk of ~1e-16
+    # per step); a rotation that did not preserve |v| would drift by dtau^2 per step.
+    assert abs(np.linalg.norm(s[3:6]) - 1.0) < 1e-12
+
+
+def test_two_particle_kernels_equal_the_one_particle_ones():
+    # field_at_turns2 / push_turns2 (two particles per GPU thread) do each particle's
+    # arithmetic exactly as field_at_turns / push_turns: bitwise equal.
+    modes = make_modes(TurbulenceConfig(n_modes=37), 1, 0)  # two blocks of 16 and one of 5
+    turns, amps = kernels.turns_mode_arrays(modes)
+    rng = np.random.default_rng(12)
+    for kset in (PLAIN, K):
+        for _ in range(20):
+            p0, p1 = rng.uniform(-300, 300, (2, 3))
+            assert kset.field_at_turns2(*p0, *p1, turns, amps) == (
+                kset.field_at_turns(*p0, turns, amps) + kset.field_at_turns(*p1, turns, amps))
+        v = rng.normal(size=(2, 3))
+        v /= np.linalg.norm(v, axis=1)[:, None]
+        a = (*rng.uniform(-50, 50, 3), *v[0])
+        b = (*rng.uniform(-50, 50, 3), *v[1])
+        pair = a + b
+        for _ in range(30):
+            a = kset.push_turns(*a, turns, amps, -1.0, 0.05, 0.1)
+            b = kset.push_turns(*b, turns, amps, -1.0, 0.05, 0.1)
+            pair = kset.push_turns2(*pair, turns, amps, -1.0, 0.05, 0.1)
+        assert pair == a + b
+        assert np.linalg.norm(np.array(a[3:6]) - v[0]) > 0.1  # the field turned it
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["one", "pairs"])
+def test_cuda_mixed_trace_kernel_compiles_for_the_gpu(monkeypatch, pairs):
+    # Typing and lowering of the CUDA backend's mixed trace kernel for a real GPU
+    # target (sm_90), which the simulator tests cannot check: 16-byte aligned shared
+    # arrays, unsigned mode loops, float64 -> float32 rounding of the reduced phase.
+    cuda = pytest.importorskip("numba.cuda")
+    if cuda.config.ENABLE_CUDASIM:  # pragma: no cover
+        pytest.skip("CUDA simulator active")
+    from numba import types
+    from numba.cuda import dispatcher
+    from numba.cuda.compiler import compile_cuda
+
+    from crsky.backends import cuda as cb
+
+    if not cuda.is_available():
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=(9, 0)))
+    kernel = cb._kernel_for(256, "mixed", pairs)
+    f64_3, f32_3, out = types.float64[:, :, ::1], types.float32[:, :, ::1], types.float64[:, :, :, ::1]
+    sig = (f64_3, f64_3, f64_3, f32_3, types.float64, types.float64, types.float64, types.int64[::1],
+           types.int64, out, out)
+    ir = compile_cuda(kernel.py_func, types.void, sig, cc=(9, 0)).library.get_llvm_str()
+    smem = [line for line in ir.splitlines() if "addrspace(3) global" in line]
+    assert len(smem) == 2 and all("align 16" in line for line in smem), smem
+    assert "fptrunc double" in ir

@@ -45,6 +45,16 @@ splits the phase exactly where precision is needed:
 The field is accurate to ~5e-7 of its rms value (measured; ``tests/test_fast_kernels.py``,
 ``benchmarks/mixed_accuracy.py``).
 
+Mixed precision on a GPU (``precision="mixed"`` of the CUDA backend). A GPU thread
+cannot keep N reference phases in registers, so :func:`field_at_turns` has no
+per-particle state: per mode, the phase in turns is computed in float64 (3 FMA), reduced
+exactly and rounded once to float32 (:func:`quarter_turns`), and its cosine is the same
+float32 polynomial (:func:`neg_sin_turns`); the sums are float32 over blocks of
+:data:`TURNS_MODE_BLOCK` modes, then float64. Field error at most ~4e-7 of the rms
+value (``tests/test_fast_kernels.py``; ``docs/performance.md``, "CUDA backend: mixed
+path"). :func:`field_at_turns2` and :func:`push_turns2` do the same for two particles
+per thread, sharing each mode's loads.
+
 Compilation: the mixed-precision kernels need floating-point contraction (FMA) for
 speed and must NOT be compiled with reassociation (``fastmath=True``):
 :func:`cos_turns` and :func:`reduce_turns` round with the ``(y + 1.5 * 2^23) - 1.5 * 2^23``
@@ -63,12 +73,13 @@ import types
 from types import SimpleNamespace
 
 import numpy as np
-from numba import float32, float64
+from numba import float32, float64, uint64
 
 __all__ = [
     "field_at",
     "rotate",
     "push",
+    "neg_sin_turns",
     "cos_turns",
     "reduce_turns",
     "reference_phases",
@@ -76,9 +87,17 @@ __all__ = [
     "sincos_poly",
     "rotate_poly",
     "push_mixed",
+    "quarter_turns",
+    "add_mode_turns",
+    "field_at_turns",
+    "push_turns",
+    "field_at_turns2",
+    "push_turns2",
     "compile_kernels",
     "mixed_mode_arrays",
+    "turns_mode_arrays",
     "COS_TURNS_MAX",
+    "TURNS_MODE_BLOCK",
 ]
 
 
@@ -167,19 +186,37 @@ _C9 = np.float32(-39.5367)
 COS_TURNS_MAX = 2.0**22
 
 
+def neg_sin_turns(t):
+    """``-sin(2 pi t)`` for a float32 ``t`` in ``[-1/4, 1/4]`` turns, in float32
+    arithmetic only: the odd degree-9 minimax polynomial of :func:`cos_turns`
+    (6 floating-point operations with FMA; absolute error of the polynomial 1.5e-8,
+    of its float32 evaluation ~1e-7).
+
+    Parameters
+    ----------
+    t : float32
+        Phase in turns (units of ``2 pi`` rad), ``|t| <= 1/4``.
+
+    Returns
+    -------
+    float32
+        ``-sin(2 pi t)``, which is ``cos(2 pi r)`` for ``t = |r| - 1/4``.
+    """
+    u = t * t
+    return t * (_C1 + u * (_C3 + u * (_C5 + u * (_C7 + u * _C9))))
+
+
 def cos_turns(x):
     """``cos(2 pi x)`` for a float32 phase ``x`` in turns, in float32 arithmetic
     only; vectorisable (no branches, calls or integers).
 
     ``r = x - round(x)`` (exact) in ``[-1/2, 1/2]``, then ``cos(2 pi r) =
     -sin(2 pi t)`` with ``t = |r| - 1/4`` in ``[-1/4, 1/4]`` and an odd degree-9
-    minimax polynomial. 11 floating-point operations with FMA. Absolute error
-    < 1.5e-7 (measured in the tests).
+    minimax polynomial (:func:`neg_sin_turns`). 11 floating-point operations with
+    FMA. Absolute error < 1.5e-7 (measured in the tests).
     """
     r = x - ((x + _ROUND32) - _ROUND32)
-    t = abs(r) - _QUARTER
-    u = t * t
-    return t * (_C1 + u * (_C3 + u * (_C5 + u * (_C7 + u * _C9))))
+    return neg_sin_turns(abs(r) - _QUARTER)
 
 
 def reduce_turns(phase):
@@ -282,10 +319,252 @@ def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes_turns, modes32, p
     return x, y, z, vx, vy, vz, xr, yr, zr
 
 
+# --------------------------------------------------------------------------------------
+# Mixed precision without per-particle state (the CUDA backend's mixed path): each
+# mode's phase is computed and reduced in float64, its cosine in float32.
+# --------------------------------------------------------------------------------------
+
+#: Modes per float32 partial sum of :func:`field_at_turns`; the partial sums are added
+#: in float64. Sequential float32 sums over more modes lose accuracy (measured in
+#: ``docs/performance.md``, "CUDA backend: mixed path").
+TURNS_MODE_BLOCK = 16
+
+
+def quarter_turns(phase):
+    """The argument of :func:`neg_sin_turns` for a float64 phase in turns.
+
+    ``r = phase - round(phase)`` is exact in float64 for ``|phase| < 2^51`` turns, and
+    so is ``t = |r| - 1/4`` for ``|phase| >= 1/2`` (within 2^-55 below); the final
+    rounding of ``t`` to float32 is what loses accuracy: at most half an ulp of
+    ``|t| <= 1/4``, i.e. 7.5e-9 turns, largest where the derivative of
+    ``sin(2 pi t)`` is smallest. ``cos(2 pi phase) =
+    neg_sin_turns(quarter_turns(phase))``.
+
+    Parameters
+    ----------
+    phase : float64
+        Phase in turns (units of ``2 pi`` rad), ``|phase| < 2^51``.
+
+    Returns
+    -------
+    float32
+        ``t = |phase - round(phase)| - 1/4``, in ``[-1/4, 1/4]``.
+    """
+    return float32(abs(phase - ((phase + _ROUND64) - _ROUND64)) - 0.25)
+
+
+def add_mode_turns(sx, sy, sz, x, y, z, modes_turns, amps32, n):
+    """Add mode ``n``'s field at ``(x, y, z)`` to the float32 partial sums
+    ``(sx, sy, sz)``: the phase in turns in float64 (3 FMA), its reduction
+    (:func:`quarter_turns`), the float32 cosine (:func:`neg_sin_turns`) and 3 float32
+    FMA.
+
+    Parameters
+    ----------
+    sx, sy, sz : float32
+        Partial sums of the field (``B0``).
+    x, y, z : float64
+        Position in ``L_c``.
+    modes_turns : array, shape (N, 4), float64
+        Per mode ``k_n / 2 pi`` (columns 0-2, turns per ``L_c``) and ``beta_n / 2 pi``
+        (column 3, turns), from :func:`turns_mode_arrays`.
+    amps32 : array, shape (N, 4), float32
+        Per mode ``A_n xi_n`` (columns 0-2, ``B0``; column 3 is padding), from
+        :func:`turns_mode_arrays`.
+    n : uint64
+        Mode index (unsigned, so that no negative-index wraparound is compiled).
+
+    Returns
+    -------
+    sx, sy, sz : float32
+        The updated partial sums.
+    """
+    c = neg_sin_turns(quarter_turns(
+        modes_turns[n, 3] + modes_turns[n, 0] * x + modes_turns[n, 1] * y + modes_turns[n, 2] * z
+    ))
+    return sx + amps32[n, 0] * c, sy + amps32[n, 1] * c, sz + amps32[n, 2] * c
+
+
+def field_at_turns(x, y, z, modes_turns, amps32):
+    """Total field ``b = B / B0`` at ``(x, y, z)`` with float64 phases and float32
+    cosines, no per-particle state (the CUDA backend's ``precision="mixed"``).
+
+    Per mode (:func:`add_mode_turns`): the phase ``beta_n / 2 pi + k_n / 2 pi . x``
+    in turns (3 float64 FMA), its exact reduction and rounding to float32
+    (:func:`quarter_turns`: 4 float64 operations and one conversion), the cosine as a
+    float32 polynomial (:func:`neg_sin_turns`, 6 operations) and 3 float32 FMA for the
+    sum. The sums are float32 over blocks of :data:`TURNS_MODE_BLOCK` modes, then
+    float64. Error < 1e-6 (measured at most 4.2e-7) of the rms field for ``|x|`` up
+    to at least 1e3 ``L_c`` (phases ~1e6 rad), ``tests/test_fast_kernels.py``.
+
+    Parameters
+    ----------
+    x, y, z : float64
+        Position in ``L_c``.
+    modes_turns : array, shape (N, 4), float64
+        ``k_n / 2 pi`` (turns per ``L_c``) and ``beta_n / 2 pi`` (turns), from
+        :func:`turns_mode_arrays`.
+    amps32 : array, shape (N, 4), float32
+        ``A_n xi_n`` (``B0``) and padding, from :func:`turns_mode_arrays`.
+
+    Returns
+    -------
+    bx, by, bz : float64
+        The field in ``B0``, regular field ``z_hat`` included.
+    """
+    # Unsigned indices and while loops: numba's range() iterator compiles to a
+    # counter the GPU compiler does not unroll cleanly, and signed indices get a
+    # negative-index wraparound per load.
+    one = uint64(1)
+    block = uint64(TURNS_MODE_BLOCK)
+    n_modes = uint64(modes_turns.shape[0])
+    n_full = n_modes - n_modes % block
+    bx = 0.0
+    by = 0.0
+    bz = 1.0
+    n = uint64(0)
+    while n < n_modes:
+        end = n + block if n < n_full else n_modes
+        sx = float32(0.0)
+        sy = float32(0.0)
+        sz = float32(0.0)
+        while n < end:
+            sx, sy, sz = add_mode_turns(sx, sy, sz, x, y, z, modes_turns, amps32, n)
+            n += one
+        bx += float64(sx)
+        by += float64(sy)
+        bz += float64(sz)
+    return bx, by, bz
+
+
+def push_turns(x, y, z, vx, vy, vz, modes_turns, amps32, sign, dtau, rl):
+    """One step of :func:`push` on the field of :func:`field_at_turns` (rotation by
+    :func:`rotate_poly`; positions and velocities float64).
+
+    Parameters
+    ----------
+    x, y, z : float64
+        Position in ``L_c``.
+    vx, vy, vz : float64
+        Velocity in ``c`` (``|v| = 1``).
+    modes_turns, amps32 : arrays
+        From :func:`turns_mode_arrays`.
+    sign : float64
+        Sign of the traced charge.
+    dtau : float64
+        Step ``Omega dt``.
+    rl : float64
+        ``r_L / L_c``.
+
+    Returns
+    -------
+    x, y, z, vx, vy, vz : float64
+        The state after the step.
+    """
+    half = 0.5 * dtau * rl
+    x += half * vx
+    y += half * vy
+    z += half * vz
+    bx, by, bz = field_at_turns(x, y, z, modes_turns, amps32)
+    vx, vy, vz = rotate_poly(vx, vy, vz, bx, by, bz, -sign * dtau)
+    x += half * vx
+    y += half * vy
+    z += half * vz
+    return x, y, z, vx, vy, vz
+
+
+def field_at_turns2(x0, y0, z0, x1, y1, z1, modes_turns, amps32):
+    """:func:`field_at_turns` at two points at once: each mode's data is loaded once
+    for both (the compiler merges the loads of the two :func:`add_mode_turns` calls),
+    which halves the loads and loop overhead per mode evaluation on a GPU. Each
+    point's arithmetic is exactly that of :func:`field_at_turns`.
+
+    Parameters
+    ----------
+    x0, y0, z0, x1, y1, z1 : float64
+        The two positions in ``L_c``.
+    modes_turns, amps32 : arrays, shape (N, 4)
+        From :func:`turns_mode_arrays`.
+
+    Returns
+    -------
+    bx0, by0, bz0, bx1, by1, bz1 : float64
+        The field at both points in ``B0``, ``z_hat`` included.
+    """
+    one = uint64(1)
+    block = uint64(TURNS_MODE_BLOCK)
+    n_modes = uint64(modes_turns.shape[0])
+    n_full = n_modes - n_modes % block
+    bx0 = 0.0
+    by0 = 0.0
+    bz0 = 1.0
+    bx1 = 0.0
+    by1 = 0.0
+    bz1 = 1.0
+    n = uint64(0)
+    while n < n_modes:
+        end = n + block if n < n_full else n_modes
+        sx0 = float32(0.0)
+        sy0 = float32(0.0)
+        sz0 = float32(0.0)
+        sx1 = float32(0.0)
+        sy1 = float32(0.0)
+        sz1 = float32(0.0)
+        while n < end:
+            sx0, sy0, sz0 = add_mode_turns(sx0, sy0, sz0, x0, y0, z0, modes_turns, amps32, n)
+            sx1, sy1, sz1 = add_mode_turns(sx1, sy1, sz1, x1, y1, z1, modes_turns, amps32, n)
+            n += one
+        bx0 += float64(sx0)
+        by0 += float64(sy0)
+        bz0 += float64(sz0)
+        bx1 += float64(sx1)
+        by1 += float64(sy1)
+        bz1 += float64(sz1)
+    return bx0, by0, bz0, bx1, by1, bz1
+
+
+def push_turns2(x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1, modes_turns, amps32, sign, dtau, rl):
+    """:func:`push_turns` for two particles at once (field by
+    :func:`field_at_turns2`); each particle's result is exactly :func:`push_turns`'s.
+
+    Parameters
+    ----------
+    x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1 : float64
+        Positions (``L_c``) and velocities (``c``) of the two particles.
+    modes_turns, amps32 : arrays, shape (N, 4)
+        From :func:`turns_mode_arrays`.
+    sign, dtau, rl : float64
+        As in :func:`push_turns`.
+
+    Returns
+    -------
+    tuple of 12 float64
+        Both particles' states after the step, in the order of the arguments.
+    """
+    half = 0.5 * dtau * rl
+    x0 += half * vx0
+    y0 += half * vy0
+    z0 += half * vz0
+    x1 += half * vx1
+    y1 += half * vy1
+    z1 += half * vz1
+    bx0, by0, bz0, bx1, by1, bz1 = field_at_turns2(x0, y0, z0, x1, y1, z1, modes_turns, amps32)
+    vx0, vy0, vz0 = rotate_poly(vx0, vy0, vz0, bx0, by0, bz0, -sign * dtau)
+    vx1, vy1, vz1 = rotate_poly(vx1, vy1, vz1, bx1, by1, bz1, -sign * dtau)
+    x0 += half * vx0
+    y0 += half * vy0
+    z0 += half * vz0
+    x1 += half * vx1
+    y1 += half * vy1
+    z1 += half * vz1
+    return x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1
+
+
 #: Kernels in dependency order (a kernel may call only those before it).
 _KERNELS = (
     field_at, rotate, push,
-    cos_turns, reduce_turns, reference_phases, field_at_mixed, sincos_poly, rotate_poly, push_mixed,
+    neg_sin_turns, cos_turns, reduce_turns, reference_phases, field_at_mixed, sincos_poly, rotate_poly,
+    push_mixed, quarter_turns, add_mode_turns, field_at_turns, push_turns, field_at_turns2, push_turns2,
 )
 
 
@@ -303,12 +582,29 @@ def mixed_mode_arrays(modes):
     modes32[3:6] = modes[3:6]
     return turns, modes32
 
+
+def turns_mode_arrays(modes):
+    """Host-side (numpy) arrays of :func:`field_at_turns` from the float64 ``(7, N)``
+    mode array: ``modes_turns`` float64 ``(N, 4)`` (``k / 2 pi`` in turns per
+    ``L_c``, ``beta / 2 pi`` in turns) and ``amps32`` float32 ``(N, 4)`` (``A xi``
+    in ``B0``, column 3 zero). One row per mode, so that a GPU thread loads a mode
+    with three 16-byte loads. Not a kernel."""
+    modes = np.asarray(modes, dtype=np.float64)
+    turns = np.empty((modes.shape[1], 4))
+    turns[:, 0:3] = modes[0:3].T / (2 * np.pi)
+    turns[:, 3] = modes[6] / (2 * np.pi)
+    amps = np.zeros((modes.shape[1], 4), np.float32)
+    amps[:, 0:3] = modes[3:6].T
+    return turns, amps
+
 #: Module globals the kernels read (besides each other).
 _GLOBALS = {
     "math": math,
     "float32": float32,
     "float64": float64,
-    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_QUARTER", "_C1", "_C3", "_C5", "_C7", "_C9")},
+    "uint64": uint64,
+    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_QUARTER", "_C1", "_C3", "_C5", "_C7", "_C9",
+                                             "TURNS_MODE_BLOCK")},
 }
 
 
