@@ -16,6 +16,13 @@ ran and ``cpu_share``, the CPU time the process got during the best run divided 
 ``wall time * threads`` (1.0: it had all its threads' cores all the time; well below
 1: other processes took cores and the rate is low). ``docs/performance.md`` says how
 the published numbers were taken (``benchmarks/clean_bench.py``).
+
+``backend="cuda"`` (``crsky bench --backend cuda``) measures both precisions on the
+GPU with larger cases (:data:`CUDA_WORK`, :data:`CUDA_PARTICLE_COUNTS`); each case
+then records the GPU in ``device``, the kernel's own time (CUDA events) in
+``kernel_seconds`` and ``kernel_mode_evals_per_s`` besides the wall time with the
+host-device copies, and has no ``cpu_share``. Without a usable GPU
+it raises :class:`crsky.backends.BackendError` (the CLI exits 2 with that message).
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ WORK = {"float64": 1e8, "mixed": 4e9}
 MODE_COUNTS = (64, 256, 1024)
 PARTICLE_COUNTS = (768, 3072, 12288)
 QUICK_PARTICLE_COUNTS = (3072,)
+#: The same on the CUDA backend. Work: ~1 s per case if the mixed path reaches the
+#: 1e12/s it is designed for (the float64 rate on a GPU is not measured yet; 3e10
+#: bounds a case at 10 s down to 3e9/s). Particles: one realisation (12288) fills
+#: ~10 % of an H100; 2^18 is what a run launches (``simulate.batch_size``); 2^20 runs
+#: ~8 waves of resident blocks, so the last, partly filled wave costs little.
+CUDA_WORK = {"float64": 3e10, "mixed": 1e12}
+CUDA_PARTICLE_COUNTS = (12288, 262144, 1048576)
+CUDA_QUICK_PARTICLE_COUNTS = (262144,)
 
 
 def _start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -55,19 +70,23 @@ def _snapshots(n_steps: int, count: int = 8) -> np.ndarray:
 
 
 def precisions_of(backend: str) -> tuple[str, ...]:
-    """Precisions a backend offers (the CPU backend: ``float64`` and ``mixed``)."""
-    if backend == "cpu":
+    """Precisions a backend offers: ``float64`` and ``mixed`` on both the CPU and the
+    CUDA backend (the same names; the two mixed algorithms differ, see
+    :mod:`crsky.backends.cuda`)."""
+    if backend == "cuda":
+        from .backends.cuda import PRECISIONS
+    else:
         from .backends.cpu import PRECISIONS
-
-        return PRECISIONS
-    return ("float64",)
+    return PRECISIONS
 
 
 def _tracer(backend: str, precision: str):
     driver = get_backend(backend)
+    if backend == "cuda":
+        return lambda *args, timings=None: driver.trace(*args, precision=precision, timings=timings)
     if precision == "float64":
-        return driver.trace
-    return lambda *args: driver.trace(*args, precision=precision)
+        return lambda *args, timings=None: driver.trace(*args)
+    return lambda *args, timings=None: driver.trace(*args, precision=precision)
 
 
 def _compiled_now(backend: str, precision: str) -> bool | None:
@@ -99,14 +118,21 @@ def bench_case(
     trace(pos[:2], vel[:2], modes, -1.0, 0.05, 0.1, np.array([1], dtype=np.int64))
     first_call = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    best, share = np.inf, None
-    threads = _threads(backend) or 1
+    best, share, kernel_best = np.inf, None, None
+    threads = _threads(backend)
     for _ in range(repeats):
+        # On the GPU the wall time includes the host-device copies (trace returns
+        # host arrays); the kernel alone is timed with CUDA events as well.
+        timings = {}
         start, cpu_start = time.perf_counter(), time.process_time()
-        trace(pos, vel, modes, -1.0, 0.05, 0.1, steps)
+        trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, timings=timings)
         wall = time.perf_counter() - start
         if wall < best:
-            best, share = wall, (time.process_time() - cpu_start) / (wall * threads)
+            best = wall
+            share = (time.process_time() - cpu_start) / (wall * threads) if threads else None
+        kernel_s = timings.get("kernel_s")
+        if kernel_s and (kernel_best is None or kernel_s < kernel_best):
+            kernel_best = kernel_s
     particle_steps = n_particles * n_steps
     return {
         "n_modes": n_modes,
@@ -125,6 +151,10 @@ def bench_case(
         "cpu_share": share,
         "load_1min": load,
         "machine": machine_info()["summary"],
+        "device": _device_name(backend),
+        # CUDA only (None elsewhere): the kernel alone, without host-device copies
+        "kernel_seconds": kernel_best,
+        "kernel_mode_evals_per_s": particle_steps * n_modes / kernel_best if kernel_best else None,
     }
 
 
@@ -134,6 +164,21 @@ def _threads(backend: str) -> int:
 
         return numba.get_num_threads()
     return 0
+
+
+def _device_name(backend: str) -> str | None:
+    """The GPU a CUDA case ran on (``None`` on the CPU)."""
+    if backend != "cuda":
+        return None
+    from numba import cuda
+
+    from .backends import cuda_simulated
+
+    if cuda_simulated():
+        return "numba CUDA simulator"
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    return f"{name} (compute capability {device.compute_capability[0]}.{device.compute_capability[1]})"
 
 
 def machine_info() -> dict:
@@ -184,15 +229,26 @@ def run_benchmarks(
     """Measure 64, 256 and 1024 modes at several particle counts, for each precision.
 
     The step count is chosen so that each case does about the same work
-    (``work``, default :data:`WORK`, mode evaluations per precision; a tenth with
-    ``quick``, which also measures one particle count and takes one timed run
-    instead of three).
+    (``work``, default :data:`WORK`, or :data:`CUDA_WORK` on the CUDA backend, mode
+    evaluations per precision; a tenth with ``quick``, which also measures one
+    particle count and takes one timed run instead of three). Default particle
+    counts: :data:`PARTICLE_COUNTS` on the CPU, :data:`CUDA_PARTICLE_COUNTS` (enough
+    threads to fill a GPU) on CUDA.
+
+    Raises
+    ------
+    crsky.backends.BackendError
+        For ``backend="cuda"`` without a usable GPU.
     """
-    work_per_case = dict(WORK, **(work or {}))
     backend = resolve_backend(backend)
+    on_gpu = backend == "cuda"
+    work_per_case = dict(CUDA_WORK if on_gpu else WORK, **(work or {}))
     precisions = precisions_of(backend) if precisions is None else precisions
     if particle_counts is None:
-        particle_counts = QUICK_PARTICLE_COUNTS if quick else PARTICLE_COUNTS
+        if on_gpu:
+            particle_counts = CUDA_QUICK_PARTICLE_COUNTS if quick else CUDA_PARTICLE_COUNTS
+        else:
+            particle_counts = QUICK_PARTICLE_COUNTS if quick else PARTICLE_COUNTS
     results = []
     for precision in precisions:
         budget = work_per_case.get(precision, work_per_case["float64"]) / (10 if quick else 1)
@@ -211,17 +267,23 @@ def run_benchmarks(
 
 def format_table(results: list[dict]) -> str:
     """A readable table of :func:`run_benchmarks` results."""
+    kernel = any(r.get("kernel_mode_evals_per_s") for r in results)  # CUDA: the kernel alone too
     lines = [f"{'backend':>7} {'dtype':>7} {'modes':>6} {'particles':>9} {'steps':>7} "
-             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5} {'cpu share':>9}"]
+             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5} {'cpu share':>9}"
+             + (f" {'kernel evals/s':>14}" if kernel else "")]
     for r in results:
         load = r.get("load_1min")
         share = r.get("cpu_share")
+        rate = r.get("kernel_mode_evals_per_s")
         lines.append(
             f"{r['backend']:>7} {r['dtype']:>7} {r['n_modes']:>6} {r['n_particles']:>9} {r['n_steps']:>7} "
             f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f} "
             f"{'' if load is None else f'{load:.1f}':>5} "
             f"{'' if share is None else f'{share:.2f}':>9}"
+            + (f" {'' if rate is None else f'{rate:.3e}':>14}" if kernel else "")
         )
     if results:
         lines.append(f"machine: {results[0]['machine']}; threads: {results[0]['threads']}")
+        if results[0].get("device"):
+            lines.append(f"device: {results[0]['device']}")
     return "\n".join(lines)
