@@ -436,6 +436,8 @@ def plot_spectrum_shape(ds, times=None):
         ``p`` of the analysis (last snapshot, with the free normalisation of the fit, thick
         over the fitted multipoles) with its 1-sigma range. Points with
         ``C_hat_l <= 0`` cannot be shown on the log axis and are counted in the legend.
+        Open diamonds: the relative part ``cl_relative - N`` (normalised at its own
+        ``l = 1``) at the earliest snapshot shown, where the analysis has it.
     """
     from matplotlib.lines import Line2D
 
@@ -489,6 +491,19 @@ def plot_spectrum_shape(ds, times=None):
             if np.any(pos):
                 shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
                 shown_min = min(shown_min, float(np.min(ratio[pos])))
+        if "cl_relative" in d and len(times):
+            # The relative part (spectrum of dI - E[dI]) at the earliest time shown, where
+            # the noise is lowest: what the ansatz's v_r(x) describes (docs/validation.md 5.1).
+            k = times[0]
+            rel = np.asarray(d["cl_relative"].values[k], dtype=float) - float(d["noise"].values[k])
+            if rel[1] > 0:
+                r_rel = rel[1:] / rel[1]
+                ok = r_rel > 0
+                ax.plot(ell[ok] * 1.0, r_rel[ok], ls="none", marker="D", ms=5, mfc="none", mec="0.1", mew=0.9,
+                        zorder=3.5)
+                handles.append(Line2D([], [], ls="none", marker="D", ms=5, mfc="none", mec="0.1",
+                                      label=rf"relative part only ($dI - E[dI]$), $t\Omega$ = {t[k]:.3g}"))
+                shown_min = min(shown_min, float(np.min(r_rel[ok])))
         for p in BGK_REFERENCE_P:
             ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
             handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
