@@ -127,9 +127,10 @@ class IntegrationConfig:
     t_min : float
         ``Omega * T`` of the first snapshot.
     precision : str
-        Field evaluation: ``float64`` (the reference) or ``mixed`` (float64 reference
-        phases, float32 offsets and polynomial cosine; CPU only, ~30x faster, field
-        error ~4e-7 of its rms; see docs/performance.md).
+        Field evaluation: ``float64`` (the reference) or ``mixed`` (float32
+        polynomial cosine of phases reduced in float64: on the CPU from per-particle
+        reference points, ~30x faster; on CUDA per mode; field error < 5e-7 of its rms
+        on both; see docs/performance.md). Both presets use ``mixed``.
     """
 
     dt: float = DEFAULT_DT
