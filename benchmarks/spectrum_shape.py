@@ -101,7 +101,7 @@ def shape(maps, spectra, T, Kgg, npix, ells, idx):
     return out, total, noise
 
 
-def analyse(run_dir, t_min, n_boot, seed=0):
+def analyse(run_dir, t_min, n_boot, seed=0, lmax_cap=None):
     t_omega, T, x, p = load(run_dir, t_min)
     R, _, npix, _ = x.shape
     rng = np.random.default_rng(seed)
@@ -126,6 +126,8 @@ def analyse(run_dir, t_min, n_boot, seed=0):
                     lmax_fit = ell
                 else:
                     break
+            if lmax_cap is not None:
+                lmax_fit = min(lmax_fit, lmax_cap)
             ells = np.arange(2, lmax_fit + 1) if lmax_fit >= 4 else None
             full, _, _ = shape(maps, spectra, T[it], Kgg, npix, ells, np.arange(R))
             samples = [shape(maps, spectra, T[it], Kgg, npix, ells, b)[0] for b in boots]
@@ -144,9 +146,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--t-min", type=float, default=100.0)
     parser.add_argument("--boot", type=int, default=200)
+    parser.add_argument("--lmax-fit", type=int, default=None,
+                        help="cap on the fit range (the same l range at every time makes c comparable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [analyse(run, args.t_min, args.boot) for run in args.runs]
+    results = [analyse(run, args.t_min, args.boot, lmax_cap=args.lmax_fit) for run in args.runs]
     if args.json:
         print(json.dumps(results, indent=1))
         return
