@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from crsky.analysis import FIT_NSIGMA, angular_power, noise_error, relative_intensity, resolve_gradients
+from crsky.analysis import FIT_NSIGMA, angular_power, fit_range, noise_error, relative_intensity, resolve_gradients
 from crsky.bgk import fit_p
 from crsky.store import RunStore
 
@@ -76,13 +76,21 @@ def loglog_curvature(ells, cl_hat, err):
     return float(np.linalg.lstsq(A, np.log(cl_hat[ells][ok]) * w, rcond=None)[0][2])
 
 
-def shape(maps, spectra, T, Kgg, npix, ells, idx):
-    """Statistics of one (re)sample ``idx`` of realisations."""
+def spectrum_parts(maps, spectra, T, Kgg, npix, idx):
+    """``<C_l>``, its standard error, the unbiased coherent part and the eq. 3.1 noise of
+    one (re)sample ``idx`` of realisations."""
     R = len(idx)
     cl = spectra[idx].mean(axis=0)
     cl_err = spectra[idx].std(axis=0, ddof=1) / np.sqrt(R)
     coherent = (R * angular_power(maps[idx].mean(axis=0)) - cl) / (R - 1)
     noise = 4.0 * np.pi / npix * 2.0 * T * Kgg[idx].mean()
+    return cl, cl_err, coherent, noise
+
+
+def shape(parts, ells):
+    """Statistics of one (re)sample from its :func:`spectrum_parts`; fits over ``ells``
+    (None: no fits)."""
+    cl, cl_err, coherent, noise = parts
     total = cl - noise
     relative = cl - coherent - noise
     out = {
@@ -98,7 +106,7 @@ def shape(maps, spectra, T, Kgg, npix, ells, idx):
         out["curvature_relative"] = loglog_curvature(with_dipole, relative, cl_err)
         out["p_total"] = _fit(ells, total[ells] / total[1], cl_err[ells] / total[1], True)
         out["p_relative"] = _fit(ells, relative[ells] / relative[1], cl_err[ells] / relative[1], False)
-    return out, total, noise
+    return out
 
 
 def analyse(run_dir, t_min, n_boot, seed=0, lmax_cap=None):
@@ -118,19 +126,15 @@ def analyse(run_dir, t_min, n_boot, seed=0, lmax_cap=None):
             K[axis, axis] = Kgg.mean()
             maps = relative_intensity(x[:, it], p[:, it], g, K)
             spectra = np.array([angular_power(m) for m in maps])
-            full, total, noise = shape(maps, spectra, T[it], Kgg, npix, None, np.arange(R))
+            parts = spectrum_parts(maps, spectra, T[it], Kgg, npix, np.arange(R))
+            cl, _, _, noise = parts
             sigma_noise = noise_error(np.array(noise), np.arange(spectra.shape[1]), R)
-            lmax_fit = 1
-            for ell in range(2, total.size):
-                if total[ell] > FIT_NSIGMA * sigma_noise[ell]:
-                    lmax_fit = ell
-                else:
-                    break
+            lmax_fit = fit_range(cl - noise, sigma_noise, FIT_NSIGMA)
             if lmax_cap is not None:
                 lmax_fit = min(lmax_fit, lmax_cap)
             ells = np.arange(2, lmax_fit + 1) if lmax_fit >= 4 else None
-            full, _, _ = shape(maps, spectra, T[it], Kgg, npix, ells, np.arange(R))
-            samples = [shape(maps, spectra, T[it], Kgg, npix, ells, b)[0] for b in boots]
+            full = shape(parts, ells)
+            samples = [shape(spectrum_parts(maps, spectra, T[it], Kgg, npix, b), ells) for b in boots]
             stats = {"theory_fraction": float(4 * np.pi * Kgg.mean() ** 2 / full["C1"]), "lmax_fit": lmax_fit}
             for key, value in full.items():
                 boot = np.array([s[key] for s in samples], dtype=float)

@@ -67,6 +67,7 @@ __all__ = [
     "relative_intensity",
     "shot_noise",
     "noise_error",
+    "fit_range",
     "NOISE_MODELS",
     "RealisationSummary",
     "summarise_realisation",
@@ -813,6 +814,17 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
     return ds
 
 
+def fit_range(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSIGMA) -> int:
+    """Last multipole of the BGK fit: the end of the contiguous run from ``l = 2`` with
+    ``C_hat_l > nsigma * noise_sigma_l`` (1 if ``C_hat_2`` is already below)."""
+    lmax_fit = 1
+    for ell in range(2, cl_hat.size):
+        if not cl_hat[ell] > nsigma * noise_sigma[ell]:
+            break
+        lmax_fit = ell
+    return lmax_fit
+
+
 def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: np.ndarray | None = None,
              free_norm: bool = True) -> dict:
     """Fit the BGK exponent p to ``C_hat_l / C_hat_1`` (one gradient, one snapshot).
@@ -829,12 +841,7 @@ def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: 
     nan = {"p": np.nan, "p_err": np.nan, "p_lo": np.nan, "p_hi": np.nan, "chi2_dof": np.nan, "lmin": -1, "lmax": -1}
     if cl_hat.size < 5 or not cl_hat[1] > 0:
         return {**nan, "status": "no fit (C_hat_1 <= 0 or lmax < 4)"}
-    lmax_fit = 1
-    for ell in range(2, cl_hat.size):
-        if cl_hat[ell] > nsigma * noise_sigma[ell]:
-            lmax_fit = ell
-        else:
-            break
+    lmax_fit = fit_range(cl_hat, noise_sigma, nsigma)
     if lmax_fit < 4:
         return {**nan, "status": f"no fit (fewer than 3 multipoles l >= 2 with C_hat_l > {nsigma:g} sigma_noise)"}
     ells = np.arange(2, lmax_fit + 1)
