@@ -71,6 +71,24 @@ _push = KERNELS.push
 _push_turns = KERNELS.push_turns
 _push_turns2 = KERNELS.push_turns2
 
+@cuda.jit(device=True)
+def _load_state(positions, velocities, r, i):
+    """Position (``L_c``) and velocity (``c``) of particle ``i`` of realisation ``r``."""
+    return (positions[r, i, 0], positions[r, i, 1], positions[r, i, 2],
+            velocities[r, i, 0], velocities[r, i, 1], velocities[r, i, 2])
+
+
+@cuda.jit(device=True)
+def _store_state(out_pos, out_vel, r, j, i, x, y, z, vx, vy, vz):
+    """Record particle ``i`` of realisation ``r`` at snapshot ``j``."""
+    out_pos[r, j, i, 0] = x
+    out_pos[r, j, i, 1] = y
+    out_pos[r, j, i, 2] = z
+    out_vel[r, j, i, 0] = vx
+    out_vel[r, j, i, 1] = vy
+    out_vel[r, j, i, 2] = vz
+
+
 _compiled: dict[tuple[str, str, int], object] = {}
 
 
@@ -92,23 +110,13 @@ def _make_kernel(n_modes: int, shared: bool):
         else:
             m = modes[r]
         if i < n:
-            x = positions[r, i, 0]
-            y = positions[r, i, 1]
-            z = positions[r, i, 2]
-            vx = velocities[r, i, 0]
-            vy = velocities[r, i, 1]
-            vz = velocities[r, i, 2]
+            x, y, z, vx, vy, vz = _load_state(positions, velocities, r, i)
             step = 0
             for j in range(snapshot_steps.shape[0]):
                 while step < snapshot_steps[j]:
                     x, y, z, vx, vy, vz = _push(x, y, z, vx, vy, vz, m, sign, dtau, rl)
                     step += 1
-                out_pos[r, j, i, 0] = x
-                out_pos[r, j, i, 1] = y
-                out_pos[r, j, i, 2] = z
-                out_vel[r, j, i, 0] = vx
-                out_vel[r, j, i, 1] = vy
-                out_vel[r, j, i, 2] = vz
+                _store_state(out_pos, out_vel, r, j, i, x, y, z, vx, vy, vz)
 
     return kernel
 
@@ -143,56 +151,26 @@ def _make_kernel_mixed(n_modes: int, shared: bool, pairs: bool):
             mt = turns[r]
             ma = amps[r]
         if i < n and not pairs:
-            x = positions[r, i, 0]
-            y = positions[r, i, 1]
-            z = positions[r, i, 2]
-            vx = velocities[r, i, 0]
-            vy = velocities[r, i, 1]
-            vz = velocities[r, i, 2]
+            x, y, z, vx, vy, vz = _load_state(positions, velocities, r, i)
             step = 0
             for j in range(snapshot_steps.shape[0]):
                 while step < snapshot_steps[j]:
                     x, y, z, vx, vy, vz = _push_turns(x, y, z, vx, vy, vz, mt, ma, sign, dtau, rl)
                     step += 1
-                out_pos[r, j, i, 0] = x
-                out_pos[r, j, i, 1] = y
-                out_pos[r, j, i, 2] = z
-                out_vel[r, j, i, 0] = vx
-                out_vel[r, j, i, 1] = vy
-                out_vel[r, j, i, 2] = vz
+                _store_state(out_pos, out_vel, r, j, i, x, y, z, vx, vy, vz)
         elif i < n:
             k = i + 1 if i + 1 < n else i  # an odd last particle is traced twice, written once
-            x0 = positions[r, i, 0]
-            y0 = positions[r, i, 1]
-            z0 = positions[r, i, 2]
-            vx0 = velocities[r, i, 0]
-            vy0 = velocities[r, i, 1]
-            vz0 = velocities[r, i, 2]
-            x1 = positions[r, k, 0]
-            y1 = positions[r, k, 1]
-            z1 = positions[r, k, 2]
-            vx1 = velocities[r, k, 0]
-            vy1 = velocities[r, k, 1]
-            vz1 = velocities[r, k, 2]
+            x0, y0, z0, vx0, vy0, vz0 = _load_state(positions, velocities, r, i)
+            x1, y1, z1, vx1, vy1, vz1 = _load_state(positions, velocities, r, k)
             step = 0
             for j in range(snapshot_steps.shape[0]):
                 while step < snapshot_steps[j]:
                     x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1 = _push_turns2(
                         x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1, mt, ma, sign, dtau, rl)
                     step += 1
-                out_pos[r, j, i, 0] = x0
-                out_pos[r, j, i, 1] = y0
-                out_pos[r, j, i, 2] = z0
-                out_vel[r, j, i, 0] = vx0
-                out_vel[r, j, i, 1] = vy0
-                out_vel[r, j, i, 2] = vz0
+                _store_state(out_pos, out_vel, r, j, i, x0, y0, z0, vx0, vy0, vz0)
                 if k != i:
-                    out_pos[r, j, k, 0] = x1
-                    out_pos[r, j, k, 1] = y1
-                    out_pos[r, j, k, 2] = z1
-                    out_vel[r, j, k, 0] = vx1
-                    out_vel[r, j, k, 1] = vy1
-                    out_vel[r, j, k, 2] = vz1
+                    _store_state(out_pos, out_vel, r, j, k, x1, y1, z1, vx1, vy1, vz1)
 
     return kernel
 
