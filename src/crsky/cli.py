@@ -196,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crsky`` command; returns the exit code."""
-    from .backends import BackendError
+    from .backends import BackendError, configure_cpu_vectors
 
     parser = build_parser()
     try:
+        configure_cpu_vectors()  # before anything imports numba
         args = parser.parse_args(argv)
         return args.func(args)
     except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included

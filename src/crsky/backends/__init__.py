@@ -8,15 +8,96 @@ snapshot_steps) -> (positions, velocities)`` with the same meaning and units; se
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ..errors import InputError
 
-__all__ = ["BackendError", "BACKENDS", "get_backend", "resolve_backend"]
+__all__ = [
+    "BackendError",
+    "BACKENDS",
+    "VECTOR_BITS_ENV",
+    "configure_cpu_vectors",
+    "get_backend",
+    "resolve_backend",
+    "wide_vector_features",
+]
 
 BACKENDS = ("auto", "cpu", "cuda")
 
 
 class BackendError(RuntimeError):
     """A requested backend cannot run here (for example ``cuda`` without a GPU)."""
+
+
+#: Environment variable for the CPU vector width the command line asks numba for:
+#: ``auto`` (default: 512 bits where the CPU has AVX-512), ``512`` or ``256``.
+VECTOR_BITS_ENV = "CRSKY_VECTOR_BITS"
+
+
+def wide_vector_features(host_features: str, environ) -> str | None:
+    """The ``NUMBA_CPU_FEATURES`` value that makes LLVM vectorise with 512-bit
+    registers, or None to leave numba's default (256-bit vectors even on AVX-512 CPUs).
+
+    LLVM's tuning for recent Intel server CPUs prefers 256-bit vectors; the mixed
+    field loop is 15-40 % faster with 512-bit ones (``docs/performance.md``,
+    "Vector width"). Returns None when the CPU lacks AVX-512, when the user has set
+    ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` (theirs wins), or when
+    ``CRSKY_VECTOR_BITS=256``.
+
+    Parameters
+    ----------
+    host_features : str
+        LLVM's feature string of the host (``+avx2,-avx512f,...``).
+    environ : mapping
+        The environment to read.
+
+    Raises
+    ------
+    InputError
+        For a ``CRSKY_VECTOR_BITS`` other than ``auto``, ``256`` or ``512``.
+    """
+    choice = environ.get(VECTOR_BITS_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "256", "512"):
+        raise InputError(f"{VECTOR_BITS_ENV} = {choice!r}: must be auto, 256 or 512")
+    if choice == "256" or environ.get("NUMBA_CPU_FEATURES") or environ.get("NUMBA_CPU_NAME"):
+        return None
+    flags = host_features.split(",")
+    if "+avx512f" not in flags:
+        return None  # choice "512" on a CPU without AVX-512: nothing to widen
+    return host_features + ",-prefer-256-bit"
+
+
+def configure_cpu_vectors(environ=None) -> str:
+    """Before numba is imported: ask it for 512-bit vectors on AVX-512 CPUs.
+
+    The command line calls this first thing, so that a whole ``crsky`` process (and the
+    Dask workers it starts, which inherit its environment) compiles the kernels for
+    one vector width. Library users get numba's default unless they set
+    ``NUMBA_CPU_FEATURES`` themselves (numba reads it once, at import). Vector width
+    changes only the order of float32 additions in the mixed field sum (rounding
+    level, ``docs/performance.md``). Numba's on-disk cache keys compiled code by CPU
+    features, so the two builds never mix.
+
+    Returns
+    -------
+    str
+        What was done, for logs.
+    """
+    environ = os.environ if environ is None else environ
+    if "numba" in sys.modules:
+        return "numba already imported: its vector width is left as it is"
+    try:
+        import llvmlite.binding as ll
+
+        host = ll.get_host_cpu_features().flatten()
+    except Exception:  # pragma: no cover - exotic platforms: keep numba's default
+        return "host CPU features unknown: numba's default vector width"
+    features = wide_vector_features(host, environ)
+    if features is None:
+        return "numba's default vector width"
+    environ["NUMBA_CPU_FEATURES"] = features
+    return "512-bit vectors (NUMBA_CPU_FEATURES=<host>,-prefer-256-bit)"
 
 
 def cuda_simulated() -> bool:
