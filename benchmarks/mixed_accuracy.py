@@ -36,13 +36,13 @@ def hot_path_field(modes_turns, modes32, points, references, out):
     n = points.shape[0]
     for g in numba.prange(n // 4):
         phases = np.empty((4, modes_turns.shape[1]), np.float32)
-        d = np.empty((3, 4), np.float32)
+        d = np.empty(((modes_turns.shape[1] + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, 4), np.float32)
         b = np.empty((3, 4))
         for q in range(4):
             i = 4 * g + q
             _ref(references[i, 0], references[i, 1], references[i, 2], modes_turns, phases[q])
             for c in range(3):
-                d[c, q] = np.float32(points[i, c] - references[i, c])
+                d[:, c, q] = np.float32(points[i, c] - references[i, c])  # one reference for all blocks
         _field4(modes32, phases, d, b)
         for q in range(4):
             for c in range(3):

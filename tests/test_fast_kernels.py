@@ -97,19 +97,37 @@ def _points_and_references(modes, n, radius, rng, budget=cpu.PHASE_BUDGET):
     return x, x - off
 
 
-def _hot_path_field(modes, points, references):
-    """The field as ``trace`` evaluates it: ``_field_mixed4`` on groups of four."""
+def _block_references(modes, points, rng):
+    """A reference point per block of ``MODE_BLOCK`` modes for each point, at a random
+    distance up to ``budget(block) / k_max(block)`` (the largest offset ``trace``
+    allows that block): shape (n_blocks, n, 3)."""
+    n = len(points)
+    refs = []
+    for a, budget in zip(range(0, modes.shape[1], cpu.MODE_BLOCK), cpu.block_phase_budgets(modes)):
+        kmax = np.linalg.norm(modes[0:3, a:a + cpu.MODE_BLOCK], axis=0).max()
+        off = rng.normal(size=(n, 3))
+        off *= (budget / kmax * rng.uniform(0, 1, n) / np.linalg.norm(off, axis=1))[:, None]
+        refs.append(points - off)
+    return np.array(refs)
+
+
+def _hot_path_field(modes, points, block_refs):
+    """The field as ``trace`` evaluates it: ``_field_mixed4`` on groups of four, each
+    block of modes with its own reference points ``block_refs`` (n_blocks, n, 3)."""
     turns, m32 = kernels.mixed_mode_arrays(modes)
     n = len(points)
     out = np.empty((n, 3))
     phases = np.empty((4, modes.shape[1]), np.float32)
-    d = np.empty((3, 4), np.float32)
+    n_blocks = len(block_refs)
+    d = np.empty((n_blocks, 3, 4), np.float32)
     b = np.empty((3, 4))
     for g in range(0, n, 4):
-        for q in range(4):
-            r = references[g + q]
-            K.reference_phases(r[0], r[1], r[2], turns, phases[q])
-        d[:] = (points[g:g + 4] - references[g:g + 4]).T.astype(np.float32)
+        for k in range(n_blocks):
+            n0, n1 = np.uint64(k * cpu.MODE_BLOCK), np.uint64(min((k + 1) * cpu.MODE_BLOCK, modes.shape[1]))
+            for q in range(4):
+                r = block_refs[k, g + q]
+                K.reference_phases_range(r[0], r[1], r[2], turns, phases[q], n0, n1)
+            d[k] = (points[g:g + 4] - block_refs[k, g:g + 4]).T.astype(np.float32)
         cpu._field_mixed4(m32, phases, d, b)
         out[g:g + 4] = b.T
     return out
@@ -126,8 +144,9 @@ def _hot_path_field(modes, points, references):
     ids=["iso256", "iso64", "iso1024", "composite256"],
 )
 def test_mixed_field_matches_the_float64_oracle_far_out(turbulence):
-    # Positions out to |x| = 1e3 L_c: phases k.x up to 6e5 rad. Requirement: every
-    # error below 1e-6 of the rms turbulent field sqrt(sigma2). Measured max over 2e5
+    # Positions out to |x| = 1e3 L_c: phases k.x up to 6e5 rad, offsets from the
+    # reference points up to the phase budget (per block of modes on the hot path).
+    # Requirement: every error below 1e-6 of the rms turbulent field sqrt(sigma2). Measured max over 2e5
     # points at 256 and 1024 modes: 4.5e-7 (hot path: float32 sums over blocks of 128
     # modes in the vector lanes), 3.3e-7 (scalar kernel: float64 sums); rms 1.4e-7 and
     # 1.0e-7.
@@ -136,7 +155,7 @@ def test_mixed_field_matches_the_float64_oracle_far_out(turbulence):
     rng = np.random.default_rng(7)
     x, refs = _points_and_references(modes, 20000, 1000.0, rng)
     exact = field_reference(modes, x)
-    hot = _hot_path_field(modes, x, refs)
+    hot = _hot_path_field(modes, x, _block_references(modes, x, rng))
     scalar = cpu.field_at_points(modes, x, precision="mixed", references=refs)
     for got in (hot, scalar):
         err = np.linalg.norm(got - exact, axis=1)
@@ -218,6 +237,47 @@ def test_mixed_result_of_a_particle_does_not_depend_on_its_batch():
     assert empty[0].shape == (3, 0, 3)
 
 
+@pytest.mark.parametrize("precision", ["float64", "mixed"])
+def test_result_does_not_depend_on_threads_or_chunks(precision, monkeypatch):
+    # 70 particles: with 2 threads and 16 chunks per thread the chunks are uneven and
+    # run in whatever order the threads take them; with 1 thread in one sequence.
+    modes = make_modes(TurbulenceConfig(n_modes=64), seed=3, realisation=1)
+    rng = np.random.default_rng(8)
+    x0 = rng.uniform(-20, 20, size=(70, 3))
+    v0 = rng.normal(size=(70, 3))
+    v0 /= np.linalg.norm(v0, axis=1)[:, None]
+    steps = np.array([5, 40])
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        xb, vb = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision=precision)
+        numba.set_num_threads(1)
+        monkeypatch.setattr(cpu, "CHUNKS_PER_THREAD", 1)
+        xa, va = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision=precision)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(va, vb)
+
+
+def test_dynamic_runner_covers_every_item_once_and_raises():
+    seen = []
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        cpu._run_dynamic(lambda a, b, out: out.extend(range(a, b)), 101, seen)
+        assert sorted(seen) == list(range(101))
+
+        def fail(a, b):
+            if a > 0:
+                raise RuntimeError("chunk failed")
+
+        with pytest.raises(RuntimeError, match="chunk failed"):
+            cpu._run_dynamic(fail, 50)
+    finally:
+        numba.set_num_threads(old)
+
+
 def test_refresh_interval():
     modes = make_modes(TurbulenceConfig(n_modes=256), 0, 0)  # k_max = 2 pi / 0.01
     kmax = np.linalg.norm(modes[0:3], axis=0).max()
@@ -230,6 +290,17 @@ def test_refresh_interval():
         assert (m - 1) * kmax * rl * dtau <= cpu.PHASE_BUDGET * (1 + 1e-9)
         assert m * kmax * rl * dtau > cpu.PHASE_BUDGET or m == cpu.MAX_REFRESH_INTERVAL
     assert cpu.refresh_interval(modes, 1e-9, 0.1) == cpu.MAX_REFRESH_INTERVAL
+    # Each block of MODE_BLOCK modes its own interval, from its own largest k and its
+    # budget: the block of small k (0.06 to 6 / L_c, larger amplitudes: 0.21 of the
+    # budget) refreshes ~20 times less often.
+    budgets = cpu.block_phase_budgets(modes)
+    assert budgets[-1] == cpu.PHASE_BUDGET and 0.15 < budgets[0] / cpu.PHASE_BUDGET < 0.3
+    blocks = cpu.refresh_intervals(modes, 0.05, 0.1)
+    assert len(blocks) == 256 // cpu.MODE_BLOCK and blocks[-1] == 9
+    for k, (m, budget) in enumerate(zip(blocks, budgets)):
+        kb = np.linalg.norm(modes[0:3, k * cpu.MODE_BLOCK:(k + 1) * cpu.MODE_BLOCK], axis=0).max()
+        assert (m - 1) * kb * 0.1 * 0.05 <= budget * (1 + 1e-9) < m * kb * 0.1 * 0.05
+    assert blocks[0] > 15 * blocks[-1]
     # Refreshing every step changes only rounding-level details of the field.
     x0 = np.random.default_rng(6).uniform(-20, 20, size=(8, 3))
     v0 = np.tile([[0.6, 0.0, 0.8]], (8, 1))

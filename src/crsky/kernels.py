@@ -83,6 +83,7 @@ __all__ = [
     "cos_turns",
     "reduce_turns",
     "reference_phases",
+    "reference_phases_range",
     "field_at_mixed",
     "sincos_poly",
     "rotate_poly",
@@ -225,17 +226,23 @@ def reduce_turns(phase):
     return float32(phase - ((phase + _ROUND64) - _ROUND64))
 
 
-def reference_phases(x, y, z, modes_turns, phases):
+def reference_phases_range(x, y, z, modes_turns, phases, n0, n1):
     """Store ``(k_n . x + beta_n) / 2 pi mod 1`` (float64, reduced to ``[-1/2, 1/2]``)
-    as float32 in ``phases[n]`` for the reference point ``(x, y, z)``.
+    as float32 in ``phases[n]`` for the reference point ``(x, y, z)``, for the modes
+    ``n0 <= n < n1`` (unsigned, so that the loop vectorises).
 
     ``modes_turns`` is the float64 ``(4, N)`` array of :func:`mixed_mode_arrays`
     (``k / 2 pi`` and ``beta / 2 pi``); ``phases`` a float32 array of length N.
     """
-    for n in range(modes_turns.shape[1]):
+    for n in range(n0, n1):
         phases[n] = reduce_turns(
             modes_turns[0, n] * x + modes_turns[1, n] * y + modes_turns[2, n] * z + modes_turns[3, n]
         )
+
+
+def reference_phases(x, y, z, modes_turns, phases):
+    """:func:`reference_phases_range` for all N modes."""
+    reference_phases_range(x, y, z, modes_turns, phases, uint64(0), uint64(modes_turns.shape[1]))
 
 
 def field_at_mixed(dx, dy, dz, modes32, phases):
@@ -563,7 +570,7 @@ def push_turns2(x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1, modes_turn
 #: Kernels in dependency order (a kernel may call only those before it).
 _KERNELS = (
     field_at, rotate, push,
-    neg_sin_turns, cos_turns, reduce_turns, reference_phases, field_at_mixed, sincos_poly, rotate_poly,
+    neg_sin_turns, cos_turns, reduce_turns, reference_phases_range, reference_phases, field_at_mixed, sincos_poly, rotate_poly,
     push_mixed, quarter_turns, add_mode_turns, field_at_turns, push_turns, field_at_turns2, push_turns2,
 )
 

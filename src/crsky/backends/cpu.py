@@ -1,11 +1,12 @@
 """CPU backend: the scalar kernels compiled with ``numba.njit``, parallel over
-particles with ``prange`` (all threads of the process).
+particles on ``numba.get_num_threads()`` threads that take chunks of particles as
+they finish (:func:`_run_dynamic`).
 
 Two precisions (``docs/performance.md``):
 
 ``"float64"`` (default)
     The reference path: :func:`crsky.kernels.push` with ``math.cos`` on float64
-    phases, one particle per ``prange`` iteration. Bitwise what it always was.
+    phases, one particle at a time. Bitwise what it always was.
 ``"mixed"``
     float64 reference phases at a per-particle reference point, float32 phase
     offsets and a float32 polynomial cosine vectorised over modes (8 modes per AVX2
@@ -16,6 +17,7 @@ Two precisions (``docs/performance.md``):
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 
 import numba
@@ -60,14 +62,43 @@ FAST_KERNELS = kernels.compile_kernels(
 )
 _cos = FAST_KERNELS.cos_turns
 _reference_phases = FAST_KERNELS.reference_phases
+_reference_phases_range = FAST_KERNELS.reference_phases_range
 _field_at_mixed = FAST_KERNELS.field_at_mixed
 _rotate_poly = FAST_KERNELS.rotate_poly
 
-#: Particles per ``prange`` iteration of the mixed path (one :func:`_field_mixed4` call).
+#: Particles advanced together by the mixed path (one :func:`_field_mixed4` call).
 GROUP = 4
 #: Modes per float32 partial sum of the mixed path; longer sums lose accuracy (the
 #: field error at 1024 modes grows from 5e-7 to 9e-7 of the rms field without blocks).
 MODE_BLOCK = 128
+#: Work chunks per thread (:func:`_run_dynamic`).
+CHUNKS_PER_THREAD = 16
+
+
+def _run_dynamic(kernel, n_items: int, *args) -> None:
+    """Call ``kernel(i0, i1, *args)`` over ``0 <= i < n_items`` in chunks that
+    ``numba.get_num_threads()`` threads take as they finish.
+
+    ``kernel`` is compiled with ``nogil=True``, so the threads run in parallel. Numba's
+    ``prange`` would give each thread one fixed share; on a shared machine one vCPU
+    is often slower than the other and the fast thread then waits (measured in
+    ``docs/performance.md``). Particles are independent, so results do not depend on
+    the chunking. On an exception (Ctrl-C included) chunks not yet started are
+    cancelled; the running ones finish their chunk.
+    """
+    threads = max(1, numba.get_num_threads())
+    size = max(1, -(-n_items // (CHUNKS_PER_THREAD * threads)))
+    bounds = [(a, min(a + size, n_items)) for a in range(0, n_items, size)]
+    if threads == 1 or len(bounds) <= 1:
+        for a, b in bounds:
+            kernel(a, b, *args)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crsky-cpu")
+    try:
+        for future in [pool.submit(kernel, a, b, *args) for a, b in bounds]:
+            future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -79,9 +110,9 @@ def _field_at_points(modes, points, out):
         out[i, 2] = bz
 
 
-@numba.njit(parallel=True, cache=True)
-def _trace(positions, velocities, modes, sign, dtau, rl, snapshot_steps, out_pos, out_vel):
-    for i in prange(positions.shape[0]):
+@numba.njit(nogil=True, cache=True)
+def _trace(i0, i1, positions, velocities, modes, sign, dtau, rl, snapshot_steps, out_pos, out_vel):
+    for i in range(i0, i1):
         x = positions[i, 0]
         y = positions[i, 1]
         z = positions[i, 2]
@@ -192,52 +223,66 @@ def _field_block4(m32, phases, d, b, n0, n1):
 @numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
 def _field_mixed4(m32, phases, d, b):
     """The total field at four particles into ``b`` (3, 4): :func:`_field_block4`
-    over blocks of :data:`MODE_BLOCK` modes, the block sums added in float64."""
+    over blocks of :data:`MODE_BLOCK` modes, the block sums added in float64.
+
+    ``d`` (n_blocks, 3, 4) float32: the offsets of the four particles from the
+    reference point of each block (each block has its own, :func:`refresh_intervals`).
+    """
     for q in range(4):
         b[0, q] = 0.0
         b[1, q] = 0.0
         b[2, q] = 1.0
     n = m32.shape[1]
-    for n0 in range(0, n, MODE_BLOCK):
-        _field_block4(m32, phases, d, b, numba.uint64(n0), numba.uint64(min(n0 + MODE_BLOCK, n)))
+    for k in range(d.shape[0]):
+        n0 = k * MODE_BLOCK
+        _field_block4(m32, phases, d[k], b, numba.uint64(n0), numba.uint64(min(n0 + MODE_BLOCK, n)))
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_CONTRACT, error_model="numpy")
-def _trace_mixed(positions, velocities, modes_turns, modes32, sign, dtau, rl, snapshot_steps, every,
+@numba.njit(nogil=True, cache=True, fastmath=_CONTRACT, error_model="numpy")
+def _trace_mixed(g0, g1, positions, velocities, modes_turns, modes32, sign, dtau, rl, snapshot_steps, every,
                  out_pos, out_vel):
+    """Groups ``g0 <= g < g1`` of :data:`GROUP` particles (see :func:`trace`).
+
+    ``every[k]``: steps between refreshes of the reference point of mode block ``k``.
+    """
     n = positions.shape[0]
-    n_groups = (n + GROUP - 1) // GROUP
+    n_modes = modes_turns.shape[1]
+    n_blocks = every.shape[0]
     half = 0.5 * dtau * rl
     scale = -sign * dtau
-    for g in prange(n_groups):
-        phases = np.empty((GROUP, modes_turns.shape[1]), np.float32)
-        s = np.empty((9, GROUP))  # x, y, z, vx, vy, vz, x_ref, y_ref, z_ref
-        d = np.empty((3, GROUP), np.float32)
+    for g in range(g0, g1):
+        phases = np.empty((GROUP, n_modes), np.float32)
+        s = np.empty((6, GROUP))  # x, y, z, vx, vy, vz
+        ref = np.empty((n_blocks, 3, GROUP))  # reference point of each block
+        d = np.empty((n_blocks, 3, GROUP), np.float32)
         b = np.empty((3, GROUP))
+        since = every.copy()  # every block is refreshed at the first step
         for q in range(GROUP):
             i = min(g * GROUP + q, n - 1)  # the last group repeats its last particle
             for c in range(3):
                 s[c, q] = positions[i, c]
                 s[3 + c, q] = velocities[i, c]
         step = 0
-        since = every
         for j in range(snapshot_steps.shape[0]):
             while step < snapshot_steps[j]:
                 for q in range(GROUP):
                     for c in range(3):
                         s[c, q] += half * s[3 + c, q]
-                if since >= every:
-                    # Move the reference points to the particles (where the field is
-                    # evaluated this step) and recompute the phases there in float64.
+                for k in range(n_blocks):
+                    if since[k] >= every[k]:
+                        # Move the block's reference points to the particles (where the
+                        # field is evaluated this step); its phases there in float64.
+                        n0 = numba.uint64(k * MODE_BLOCK)
+                        n1 = numba.uint64(min((k + 1) * MODE_BLOCK, n_modes))
+                        for q in range(GROUP):
+                            for c in range(3):
+                                ref[k, c, q] = s[c, q]
+                            _reference_phases_range(s[0, q], s[1, q], s[2, q], modes_turns, phases[q], n0, n1)
+                        since[k] = 0
+                    since[k] += 1
                     for q in range(GROUP):
                         for c in range(3):
-                            s[6 + c, q] = s[c, q]
-                        _reference_phases(s[0, q], s[1, q], s[2, q], modes_turns, phases[q])
-                    since = 0
-                since += 1
-                for q in range(GROUP):
-                    for c in range(3):
-                        d[c, q] = float32(s[c, q] - s[6 + c, q])
+                            d[k, c, q] = float32(s[c, q] - ref[k, c, q])
                 _field_mixed4(modes32, phases, d, b)
                 for q in range(GROUP):
                     vx, vy, vz = _rotate_poly(s[3, q], s[4, q], s[5, q], b[0, q], b[1, q], b[2, q], scale)
@@ -267,6 +312,56 @@ def refresh_interval(modes: np.ndarray, dtau: float, rl: float, phase_budget: fl
     if per_step * MAX_REFRESH_INTERVAL <= phase_budget:
         return MAX_REFRESH_INTERVAL
     return 1 + int(phase_budget / per_step * (1 + 1e-12))  # exact ratios (pi / pi) count
+
+
+def block_phase_budgets(modes: np.ndarray, phase_budget: float = PHASE_BUDGET) -> np.ndarray:
+    """Phase budget (rad) of each block of :data:`MODE_BLOCK` modes, at most
+    ``phase_budget``.
+
+    The float32 phase of mode ``n`` at offset ``d`` from its reference point is off by
+    rounding of order ``eps |k_n . d|``, so its field error scales as
+    ``A_n k_n |d|``. With one reference point for all modes (offsets up to
+    ``phase_budget / k_max``, the path validated against float64) the worst mode
+    error is ``max_n(A_n k_n) phase_budget / k_max``. Each block gets the largest
+    budget whose worst mode error is no larger: ``phase_budget * min(1,
+    [max_n(A_n k_n) / k_max] / [max_block(A_n k_n) / k_max(block)])``. Blocks of
+    small ``k`` and large amplitude (the inertial range's low end) get less than the
+    full budget (0.21 of it for the paper's 256 modes); the field error is then the
+    same as with one reference point (``tests/test_fast_kernels.py``).
+    """
+    modes = np.asarray(modes)
+    k = np.sqrt((modes[0:3] ** 2).sum(axis=0))
+    ak = np.sqrt((modes[3:6] ** 2).sum(axis=0)) * k
+    if k.size == 0 or k.max() == 0.0:
+        return np.full(-(-k.size // MODE_BLOCK), float(phase_budget))
+    worst = ak.max() / k.max()
+    budgets = []
+    for a in range(0, k.size, MODE_BLOCK):
+        kb, akb = k[a:a + MODE_BLOCK], ak[a:a + MODE_BLOCK]
+        block = akb.max() / kb.max() if kb.max() > 0.0 else 0.0
+        budgets.append(phase_budget * (min(1.0, worst / block) if block > 0.0 else 1.0))
+    return np.array(budgets)
+
+
+def refresh_intervals(modes: np.ndarray, dtau: float, rl: float, phase_budget: float = PHASE_BUDGET) -> np.ndarray:
+    """Steps between refreshes of each block of :data:`MODE_BLOCK` modes (int64 array):
+    :func:`refresh_interval` of the block's modes with the block's budget
+    (:func:`block_phase_budgets`).
+
+    Each block of the mixed path keeps its own reference point, so a block of small
+    ``k`` refreshes its phases less often than the block with the largest ``k``. With
+    the paper's spectrum (``k`` log-spaced over four decades) and 256 modes the low
+    block needs a refresh every 175 steps, the high one every 9 (``Omega dt = 0.05``),
+    which halves the cost of the refreshes (a refresh costs about one step of the
+    field sum).
+    """
+    modes = np.asarray(modes)
+    budgets = block_phase_budgets(modes, phase_budget)
+    return np.array(
+        [refresh_interval(modes[:, a:a + MODE_BLOCK], dtau, rl, budget)
+         for a, budget in zip(range(0, modes.shape[1], MODE_BLOCK), budgets)],
+        dtype=np.int64,
+    )
 
 
 def _check_precision(precision: str) -> None:
@@ -328,8 +423,8 @@ def trace(
         Field evaluation: float64 reference, or the mixed-precision fast path
         (module docstring; ``docs/performance.md``).
     refresh : int, optional
-        Mixed path only: steps between reference-point refreshes (default
-        :func:`refresh_interval`).
+        Mixed path only: steps between reference-point refreshes, the same for every
+        block of modes (default: each block's own, :func:`refresh_intervals`).
 
     Returns
     -------
@@ -344,15 +439,18 @@ def trace(
     out_pos = np.empty(shape)
     out_vel = np.empty(shape)
     if precision == "float64":
-        _trace(positions, velocities, modes, float(sign), float(dtau), float(rl), steps, out_pos, out_vel)
+        _run_dynamic(_trace, len(positions), positions, velocities, modes, float(sign), float(dtau), float(rl),
+                     steps, out_pos, out_vel)
         return out_pos, out_vel
     if len(positions) == 0:
         return out_pos, out_vel
-    every = refresh_interval(modes, dtau, rl) if refresh is None else int(refresh)
-    if every < 1:
-        raise ValueError(f"refresh = {refresh}: must be >= 1")
-    _trace_mixed(
-        positions, velocities, *kernels.mixed_mode_arrays(modes), float(sign), float(dtau), float(rl),
-        steps, every, out_pos, out_vel,
+    every = refresh_intervals(modes, dtau, rl)
+    if refresh is not None:
+        if int(refresh) < 1:
+            raise ValueError(f"refresh = {refresh}: must be >= 1")
+        every[:] = int(refresh)
+    _run_dynamic(
+        _trace_mixed, (len(positions) + GROUP - 1) // GROUP, positions, velocities,
+        *kernels.mixed_mode_arrays(modes), float(sign), float(dtau), float(rl), steps, every, out_pos, out_vel,
     )
     return out_pos, out_vel
