@@ -18,13 +18,17 @@ import json
 import os
 import time
 
-import numba
-import numpy as np
+from crsky.backends import configure_cpu_vectors
 
-from crsky.backends import cpu
-from crsky.bench import _snapshots, _start_state, machine_info
-from crsky.config import TurbulenceConfig
-from crsky.turbulence import make_modes
+configure_cpu_vectors()  # before numba loads, as the crsky command does (512-bit vectors on AVX-512)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from crsky.backends import cpu  # noqa: E402
+from crsky.bench import _snapshots, _start_state, machine_info  # noqa: E402
+from crsky.config import DEFAULT_DT, TurbulenceConfig  # noqa: E402
+from crsky.turbulence import make_modes  # noqa: E402
 
 #: Rough rates (mode evaluations per second per thread) to size a case.
 RATE = {"float64": 3.5e7, "mixed": 1.5e9}
@@ -56,13 +60,13 @@ def measure(precision, n_modes, n_particles, seconds, threads, args):
     n_steps = max(2, int(seconds * RATE[precision] * threads / (n_modes * n_particles)))
     steps = _snapshots(n_steps)
     t0 = time.perf_counter()
-    cpu.trace(pos[:4], vel[:4], modes, -1.0, 0.05, 0.1, np.array([1, 2]), precision=precision)
+    cpu.trace(pos[:4], vel[:4], modes, -1.0, DEFAULT_DT, 0.1, np.array([1, 2]), precision=precision)
     first_call = time.perf_counter() - t0
     runs = []
     for _ in range(args.max_attempts):
         idle = wait_idle(args.wait)
         w0, c0 = time.perf_counter(), time.process_time()
-        cpu.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, precision=precision)
+        cpu.trace(pos, vel, modes, -1.0, DEFAULT_DT, 0.1, steps, precision=precision)
         wall = time.perf_counter() - w0
         share = (time.process_time() - c0) / (wall * threads)
         runs.append({"seconds": wall, "cpu_share": share, "idle_before": idle,

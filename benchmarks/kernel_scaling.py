@@ -1,7 +1,7 @@
 """How the tracing cost scales with modes, particles and steps (issue 6).
 
 For each precision of the CPU backend, times ``cpu.trace`` (8 log-spaced snapshots,
-``r_L = 0.1``, ``Omega dt = 0.05``, particles starting ~10 L_c out) while varying one
+``r_L = 0.1``, the default ``Omega dt``, particles starting ~10 L_c out) while varying one
 of: the number of modes, the number of particles, the number of steps. The cases run
 in ``--repeats`` interleaved rounds (every case once per round, so that a slow spell
 of the shared host hits all cases alike) and each point is the best of its rounds;
@@ -20,19 +20,23 @@ import json
 import os
 import time
 
-import numba
-import numpy as np
+from crsky.backends import configure_cpu_vectors
 
-from crsky.backends import cpu
-from crsky.bench import _snapshots, _start_state, machine_info
-from crsky.config import TurbulenceConfig
-from crsky.turbulence import make_modes
+configure_cpu_vectors()  # before numba loads, as the crsky command does (512-bit vectors on AVX-512)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from crsky.backends import cpu  # noqa: E402
+from crsky.bench import _snapshots, _start_state, machine_info  # noqa: E402
+from crsky.config import DEFAULT_DT, TurbulenceConfig  # noqa: E402
+from crsky.turbulence import make_modes  # noqa: E402
 
 
 def prepare(precision, n_modes, n_particles, n_steps):
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
     pos, vel = _start_state(n_particles)
-    cpu.trace(pos[:4], vel[:4], modes, -1.0, 0.05, 0.1, np.array([1, 2]), precision=precision)
+    cpu.trace(pos[:4], vel[:4], modes, -1.0, DEFAULT_DT, 0.1, np.array([1, 2]), precision=precision)
     return {"precision": precision, "n_modes": n_modes, "n_particles": n_particles, "n_steps": n_steps,
             "seconds": np.inf, "_args": (pos, vel, modes, _snapshots(n_steps))}
 
@@ -41,7 +45,7 @@ def run_once(row):
     pos, vel, modes, steps = row["_args"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    cpu.trace(pos, vel, modes, -1.0, 0.05, 0.1, steps, precision=row["precision"])
+    cpu.trace(pos, vel, modes, -1.0, DEFAULT_DT, 0.1, steps, precision=row["precision"])
     wall = time.perf_counter() - t0
     if wall < row["seconds"]:
         n = row["n_particles"] * row["n_steps"]

@@ -1,0 +1,123 @@
+"""Interleaved A/B throughput of the CPU backend on a noisy shared machine.
+
+A single timed run on the 2-vCPU development VM varies by +-30 % from one second to
+the next (host load, clocks), so two variants timed one after the other tell little.
+This script starts one persistent worker process per variant (each compiles once),
+then alternates short timed runs of ``cpu.trace`` (ABBA order) and reports the median
+of the per-round ratios B/A, which cancels the slow drifts; over 12-25 rounds it is
+good to a few per cent.
+
+A variant is a source tree (``--a-src``/``--b-src``, e.g. a ``git archive`` of an
+older commit) and environment settings (``--a-env``/``--b-env KEY=VALUE``). Each
+worker calls ``crsky.backends.configure_cpu_vectors()`` before numba loads, as the
+``crsky`` command does, so ``CRSKY_VECTOR_BITS=256`` / ``512`` selects the vector
+width. Example (512- against 256-bit vectors, the paper's parameters)::
+
+    python benchmarks/ab_compare.py --a-env CRSKY_VECTOR_BITS=256 --b-env CRSKY_VECTOR_BITS=512 \\
+        --threads 2 --particles 3072 --modes 256 --dt 0.1 --rounds 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+WORKER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from crsky.backends import configure_cpu_vectors
+configure_cpu_vectors()
+import time
+import numba
+import numpy as np
+from crsky.backends import cpu
+from crsky.bench import _snapshots, _start_state
+from crsky.config import TurbulenceConfig
+from crsky.turbulence import make_modes
+
+threads, n_part, n_modes, seconds, dt, refresh = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                                  float(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
+refresh = None if refresh == "default" else int(refresh)
+numba.set_num_threads(threads)
+modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
+pos, vel = _start_state(n_part)
+cpu.trace(pos[:4], vel[:4], modes, -1.0, dt, 0.1, np.array([1, 2]), precision="mixed")
+steps = _snapshots(max(2, int(seconds * 1.5e9 * threads / (n_modes * n_part))))
+print("ready", numba.config.CPU_FEATURES is not None and "-prefer-256-bit" in numba.config.CPU_FEATURES, flush=True)
+for line in sys.stdin:
+    t = time.perf_counter()
+    c = time.process_time()
+    cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
+    wall = time.perf_counter() - t
+    print(n_modes * n_part * int(steps[-1]) / wall, (time.process_time() - c) / wall / threads, flush=True)
+"""
+
+
+def _env(pairs: list[str]) -> dict:
+    env = dict(os.environ)
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        env[key] = value
+    return env
+
+
+def main() -> None:
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a-src", default=here, help="source tree (the folder holding crsky/) of variant A")
+    ap.add_argument("--b-src", default=here)
+    ap.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--a-refresh", default="default", help="refresh interval of A (default: the backend's own)")
+    ap.add_argument("--b-refresh", default="default")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--particles", type=int, default=3072)
+    ap.add_argument("--modes", type=int, default=256)
+    ap.add_argument("--dt", type=float, default=0.1)
+    ap.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
+    ap.add_argument("--rounds", type=int, default=16)
+    args = ap.parse_args()
+
+    common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]
+    workers = {}
+    for name, src, env, refresh in (("A", args.a_src, args.a_env, args.a_refresh),
+                                    ("B", args.b_src, args.b_env, args.b_refresh)):
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, src, *common, refresh], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=_env(env))
+        ready = proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            raise SystemExit(f"worker {name} failed to start")
+        workers[name] = proc
+        print(f"{name}: {src} {' '.join(env)} refresh={refresh} (512-bit vectors: {ready[1]})", flush=True)
+
+    def run(name):
+        proc = workers[name]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        rate, share = proc.stdout.readline().split()
+        return float(rate), float(share)
+
+    rates = {"A": [], "B": []}
+    for k in range(args.rounds):
+        order = ("A", "B") if k % 2 == 0 else ("B", "A")
+        got = {name: run(name) for name in order}
+        for name in rates:
+            rates[name].append(got[name][0])
+        print(f"round {k:2d}: A {got['A'][0]:.3e} /s (cpu share {got['A'][1]:.2f})  "
+              f"B {got['B'][0]:.3e} /s ({got['B'][1]:.2f})  B/A {got['B'][0] / got['A'][0]:.3f}", flush=True)
+    a, b = np.array(rates["A"]), np.array(rates["B"])
+    print(f"mode evaluations/s: A median {np.median(a):.3e} best {a.max():.3e}; "
+          f"B median {np.median(b):.3e} best {b.max():.3e}; median of B/A over {args.rounds} rounds: "
+          f"{np.median(b / a):.3f}")
+    for proc in workers.values():
+        proc.stdin.close()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()
