@@ -10,3 +10,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def same_build_env():
+    """Environment for a ``crsky`` subprocess that compiles the kernels for the vector
+    width this test process uses, so that its results compare bitwise with ours (the
+    command asks for 512-bit vectors on AVX-512 CPUs; a library process gets numba's
+    default unless NUMBA_CPU_FEATURES is set)."""
+    import os
+
+    import numba
+
+    env = dict(os.environ)
+    if numba.config.CPU_FEATURES is None:
+        env["CRSKY_VECTOR_BITS"] = "256"
+    else:
+        env["NUMBA_CPU_FEATURES"] = numba.config.CPU_FEATURES
+    return env

@@ -42,7 +42,7 @@ def assert_same_runs(a: RunStore, b: RunStore, n: int) -> None:
         np.testing.assert_array_equal(a.read_realisation(j)["p"].values, b.read_realisation(j)["p"].values)
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path):
+def test_sigkill_at_random_moments_then_resume(tmp_path, same_build_env):
     cfg = resolve_config(CONFIG)
     reference = run_ensemble(cfg, tmp_path / "reference", backend="cpu", progress=False)
     (tmp_path / "c.toml").write_text(TOML)
@@ -54,7 +54,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     # Four attempts killed at random moments (start-up, mid-realisation, mid-write or
     # between a worker's rename and the manifest update), then one left to finish.
     for attempt in range(5):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=same_build_env)
         try:
             # A whole run takes ~3 s of work plus ~1.5 s of start-up on a quiet 2-core machine.
             proc.wait(timeout=rng.uniform(0.5, 3.0) if attempt < 4 else 600)
