@@ -1,5 +1,6 @@
 """Backend selection and the CPU vector-width switch (crsky.backends)."""
 
+import os
 import subprocess
 import sys
 
@@ -45,9 +46,8 @@ def test_command_line_process_gets_wide_vectors():
         "import sys; from crsky.cli import main; main(['bgk', '--p', '0.5', '--lmax', '3']);"
         "import numba; print('FEATURES=' + str(numba.config.CPU_FEATURES))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in __import__("os").environ.items()
-                              if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", VECTOR_BITS_ENV)})
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", VECTOR_BITS_ENV)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     line = [x for x in out.stdout.splitlines() if x.startswith("FEATURES=")][0]
     if "+avx512f" in ll.get_host_cpu_features().flatten().split(","):
         assert line.endswith(",-prefer-256-bit")
