@@ -35,21 +35,22 @@ splits the phase exactly where precision is needed:
   reduced to ``[-1/2, 1/2]``, as float32 (:func:`reference_phases`);
 - at the particle's position ``x`` the phase is ``k_n . (x - x_ref) / 2 pi + phi_n``,
   evaluated in float32 from the float32 offset ``x - x_ref`` and float32 ``k_n / 2 pi``,
-  and its cosine is a float32 polynomial (:func:`cos_turns`) that LLVM vectorises (8
-  modes per AVX2 instruction);
+  and its cosine is a float32 polynomial (:func:`cos_turns`, in the double-angle form
+  ``2 cos^2(pi x) - 1``: 15 operations per mode in all) that LLVM vectorises (8 modes
+  per AVX2 instruction);
 - the reference point is moved to the particle every few steps, so that
   ``|k| |x - x_ref|`` stays below a few tens of rad (the float32 phase then carries
   absolute errors ~1e-8 turns whatever ``|x|`` is);
 - the velocity, position and the rotation stay float64.
 
-The field is accurate to ~5e-7 of its rms value (measured; ``tests/test_fast_kernels.py``,
-``benchmarks/mixed_accuracy.py``).
+The field is accurate to < 6e-7 (rms ~2e-7) of its rms value (measured;
+``tests/test_fast_kernels.py``, ``benchmarks/mixed_accuracy.py``).
 
 Mixed precision on a GPU (``precision="mixed"`` of the CUDA backend). A GPU thread
 cannot keep N reference phases in registers, so :func:`field_at_turns` has no
 per-particle state: per mode, the phase in turns is computed in float64 (3 FMA), reduced
-exactly and rounded once to float32 (:func:`quarter_turns`), and its cosine is the same
-float32 polynomial (:func:`neg_sin_turns`); the sums are float32 over blocks of
+exactly and rounded once to float32 (:func:`quarter_turns`), and its cosine is a float32
+odd polynomial (:func:`neg_sin_turns`); the sums are float32 over blocks of
 :data:`TURNS_MODE_BLOCK` modes, then float64. Field error at most ~4e-7 of the rms
 value (``tests/test_fast_kernels.py``; ``docs/performance.md``, "CUDA backend: mixed
 path"). :func:`field_at_turns2` and :func:`push_turns2` do the same for two particles
@@ -169,8 +170,8 @@ def push(x, y, z, vx, vy, vz, modes, sign, dtau, rl):
 _ROUND64 = 6755399441055744.0
 #: 1.5 * 2^23: (y + R) - R rounds a float32 |y| < 2^22 to the nearest integer.
 _ROUND32 = np.float32(12582912.0)
-_QUARTER = np.float32(0.25)
-#: cos(2 pi x) = -sin(2 pi t), t = |x - round(x)| - 1/4 in [-1/4, 1/4]; the sine is the
+#: cos(2 pi x) = -sin(2 pi t), t = |x - round(x)| - 1/4 in [-1/4, 1/4] (the CUDA path's
+#: cosine, :func:`neg_sin_turns` of :func:`quarter_turns`); the sine is the
 #: odd degree-9 minimax polynomial (absolute error) t (C1 + C3 t^2 + ... + C9 t^8) with
 #: the sign folded into the coefficients. Error of the fit 3.3e-9, 1.5e-8 with the
 #: coefficients rounded to float32 (best of +-3 ulp each); float32 evaluation error
@@ -189,7 +190,7 @@ COS_TURNS_MAX = 2.0**22
 
 def neg_sin_turns(t):
     """``-sin(2 pi t)`` for a float32 ``t`` in ``[-1/4, 1/4]`` turns, in float32
-    arithmetic only: the odd degree-9 minimax polynomial of :func:`cos_turns`
+    arithmetic only: the odd degree-9 minimax polynomial
     (6 floating-point operations with FMA; absolute error of the polynomial 1.5e-8,
     of its float32 evaluation ~1e-7).
 
@@ -207,17 +208,44 @@ def neg_sin_turns(t):
     return t * (_C1 + u * (_C3 + u * (_C5 + u * (_C7 + u * _C9))))
 
 
-def cos_turns(x):
-    """``cos(2 pi x)`` for a float32 phase ``x`` in turns, in float32 arithmetic
-    only; vectorisable (no branches, calls or integers).
+#: cos(2 pi x) = p^2 - 1 with p = sqrt(2) cos(pi r), r = x - round(x) in [-1/2, 1/2]:
+#: p is the even degree-8 polynomial E0 + E1 u + ... + E4 u^4 in u = r^2, fitted
+#: (Lawson's iteratively weighted least squares) for the least maximum error of p^2 - 1,
+#: 4.6e-8 in exact arithmetic; coefficients rounded to float32 (best of +-2 ulp each
+#: for the float32 evaluation error, which dominates: tests/test_fast_kernels.py).
+_E0 = np.float32(1.4142135381698608)
+_E1 = np.float32(-6.9788594245910645)
+_E2 = np.float32(5.739676475524902)
+_E3 = np.float32(-1.88527250289917)
+_E4 = np.float32(0.3148230314254761)
 
-    ``r = x - round(x)`` (exact) in ``[-1/2, 1/2]``, then ``cos(2 pi r) =
-    -sin(2 pi t)`` with ``t = |r| - 1/4`` in ``[-1/4, 1/4]`` and an odd degree-9
-    minimax polynomial (:func:`neg_sin_turns`). 11 floating-point operations with
-    FMA. Absolute error < 1.5e-7 (measured in the tests).
+
+def cos_turns(x):
+    """``cos(2 pi x)`` for a float32 phase ``x`` in turns, in float32 arithmetic only;
+    vectorisable (no branches, calls or integers). The mixed CPU path's cosine.
+
+    Double-angle form: ``r = x - round(x)`` (exact) in ``[-1/2, 1/2]``, ``p =
+    sqrt(2) cos(pi r)`` as an even polynomial in ``r`` (4 FMA in ``u = r^2``) and
+    ``cos(2 pi r) = p^2 - 1`` (one FMA): 9 floating-point operations with FMA, against
+    11 for an odd polynomial in ``|r| - 1/4`` (:func:`neg_sin_turns`), which needs the
+    absolute value, the shift and a final product. The price is accuracy: ``p^2 - 1``
+    multiplies the error of ``p`` by ``2 p``. Absolute error < 3e-7, rms 8e-8
+    (measured in the tests), against 1.3e-7 and 3e-8 for the odd polynomial.
+
+    Parameters
+    ----------
+    x : float32
+        Phase in turns (units of ``2 pi`` rad), ``|x| < COS_TURNS_MAX``.
+
+    Returns
+    -------
+    float32
+        ``cos(2 pi x)``.
     """
     r = x - ((x + _ROUND32) - _ROUND32)
-    return neg_sin_turns(abs(r) - _QUARTER)
+    u = r * r
+    p = _E0 + u * (_E1 + u * (_E2 + u * (_E3 + u * _E4)))
+    return p * p - float32(1.0)
 
 
 def reduce_turns(phase):
@@ -610,7 +638,7 @@ _GLOBALS = {
     "float32": float32,
     "float64": float64,
     "uint64": uint64,
-    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_QUARTER", "_C1", "_C3", "_C5", "_C7", "_C9",
+    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_C1", "_C3", "_C5", "_C7", "_C9", "_E0", "_E1", "_E2", "_E3", "_E4",
                                              "TURNS_MODE_BLOCK")},
 }
 

@@ -29,7 +29,7 @@ Two precisions, selected like the CPU backend's (``[integration] precision``):
     float64 phase and reduction per mode affordable. The GPU scheme has no reference
     point and no refresh interval; its field error is at most 4.2e-7 of the rms
     field (rms 9e-8), measured with the CPU-compiled kernel at 2e5 points out to
-    ``|x| = 1e3 L_c``, isotropic and composite fields (CPU mixed path: 4.3e-7); see
+    ``|x| = 1e3 L_c``, isotropic and composite fields (CPU mixed path: 5.7e-7); see
     ``docs/performance.md``, "CUDA backend: mixed path". The two mixed paths round
     differently, so their trajectories agree with each other, and with float64, only
     as chaotic orbits under a ~1e-7 perturbation do. Not yet timed on a GPU.
