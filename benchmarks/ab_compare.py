@@ -15,6 +15,9 @@ width. Example (512- against 256-bit vectors, the paper's parameters)::
 
     python benchmarks/ab_compare.py --a-env CRSKY_VECTOR_BITS=256 --b-env CRSKY_VECTOR_BITS=512 \\
         --threads 2 --particles 3072 --modes 256 --dt 0.1 --rounds 16
+
+``--what field`` times the mode loop alone (``cpu._field_mixed4``, one thread) instead
+of full traces: the part of the cost that a change of the cosine or of the sums moves.
 """
 
 from __future__ import annotations
@@ -35,26 +38,54 @@ configure_cpu_vectors()
 import time
 import numba
 import numpy as np
+from crsky import kernels
 from crsky.backends import cpu
 from crsky.bench import _snapshots, _start_state
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
-threads, n_part, n_modes, seconds, dt, refresh = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
-                                                  float(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
+threads, n_part, n_modes, seconds, dt, refresh, what = (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                                        float(sys.argv[5]), float(sys.argv[6]), sys.argv[7],
+                                                        sys.argv[8])
 refresh = None if refresh == "default" else int(refresh)
 numba.set_num_threads(threads)
 modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
 pos, vel = _start_state(n_part)
 cpu.trace(pos[:4], vel[:4], modes, -1.0, dt, 0.1, np.array([1, 2]), precision="mixed")
 steps = _snapshots(max(2, int(seconds * 1.5e9 * threads / (n_modes * n_part))))
+if what == "field":
+    # The mode loop alone: cpu._field_mixed4 (four particles, every block) over and
+    # over on one thread, an offset nudged each time so that nothing is hoisted.
+    field4 = cpu._field_mixed4
+
+    @numba.njit
+    def field_loop(m32, phases, d, b, reps):
+        total = 0.0
+        for _ in range(reps):
+            d[0, 0, 0] += np.float32(1e-7)
+            field4(m32, phases, d, b)
+            total += b[0, 0]
+        return total
+
+    rng = np.random.default_rng(0)
+    m32 = kernels.mixed_mode_arrays(modes)[1]
+    phases = rng.uniform(-0.5, 0.5, (4, n_modes)).astype(np.float32)
+    d = (0.1 * rng.normal(size=((n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, 4))).astype(np.float32)
+    b = np.empty((3, 4))
+    field_loop(m32, phases, d, b, 1)
+    reps = max(1, int(seconds * 1.5e9 / (4 * n_modes)))
 print("ready", numba.config.CPU_FEATURES is not None and "-prefer-256-bit" in numba.config.CPU_FEATURES, flush=True)
 for line in sys.stdin:
     t = time.perf_counter()
     c = time.process_time()
-    cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
+    if what == "field":
+        field_loop(m32, phases, d, b, reps)
+        work, used = 4 * n_modes * reps, 1
+    else:
+        cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
+        work, used = n_modes * n_part * int(steps[-1]), threads
     wall = time.perf_counter() - t
-    print(n_modes * n_part * int(steps[-1]) / wall, (time.process_time() - c) / wall / threads, flush=True)
+    print(work / wall, (time.process_time() - c) / wall / used, flush=True)
 """
 
 
@@ -81,13 +112,16 @@ def main() -> None:
     ap.add_argument("--dt", type=float, default=0.1)
     ap.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
     ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--what", choices=("trace", "field"), default="trace",
+                    help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed4 on "
+                         "four particles, one thread)")
     args = ap.parse_args()
 
     common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]
     workers = {}
     for name, src, env, refresh in (("A", args.a_src, args.a_env, args.a_refresh),
                                     ("B", args.b_src, args.b_env, args.b_refresh)):
-        proc = subprocess.Popen([sys.executable, "-c", WORKER, src, *common, refresh], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, src, *common, refresh, args.what], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, env=_env(env))
         ready = proc.stdout.readline().split()
         if not ready or ready[0] != "ready":
