@@ -638,8 +638,8 @@ _GLOBALS = {
     "float32": float32,
     "float64": float64,
     "uint64": uint64,
-    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_C1", "_C3", "_C5", "_C7", "_C9", "_E0", "_E1", "_E2", "_E3", "_E4",
-                                             "TURNS_MODE_BLOCK")},
+    **{name: globals()[name] for name in ("_ROUND64", "_ROUND32", "_C1", "_C3", "_C5", "_C7", "_C9",
+                                             "_E0", "_E1", "_E2", "_E3", "_E4", "TURNS_MODE_BLOCK")},
 }
 
 
