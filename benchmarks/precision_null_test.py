@@ -65,11 +65,12 @@ def per_realisation(run_dir, t_min: float, indices=None):
     return t[keep], np.array(Ks), {k: np.array(v) for k, v in cls.items()}
 
 
-def pooled(run_dirs: str, t_min: float, indices):
-    """:func:`per_realisation` averaged over the comma-separated ``run_dirs``."""
+def pooled(run_dirs: str, t_min: float, indices, rtol: float):
+    """:func:`per_realisation` averaged over the comma-separated ``run_dirs``, whose
+    snapshot times must agree to ``rtol``."""
     parts = [per_realisation(r, t_min, indices) for r in run_dirs.split(",")]
     t = parts[0][0]
-    if any(len(p[0]) != len(t) or not np.allclose(p[0], t, rtol=1e-6) for p in parts):
+    if any(len(p[0]) != len(t) or not np.allclose(p[0], t, rtol=rtol) for p in parts):
         raise SystemExit(f"the runs {run_dirs} have different snapshot times")
     K = np.mean([p[1] for p in parts], axis=0)
     cls = {name: np.mean([p[2][name] for p in parts], axis=0) for name in parts[0][2]}
@@ -81,13 +82,16 @@ def paired_z(a, b):
     return d.mean(axis=0) / (d.std(axis=0, ddof=1) / np.sqrt(d.shape[0]))
 
 
+def k_par_perp(K):
+    """``K_par`` and ``K_perp`` (n_real, n_t) from the tensors ``K`` (n_real, n_t, 3, 3)."""
+    return {"K_par": K[:, :, 2, 2], "K_perp": (K[:, :, 0, 0] + K[:, :, 1, 1]) / 2}
+
+
 def z_values(ref, run):
     _, K0, C0 = ref
     _, K1, C1 = run
-    zK = np.concatenate([
-        paired_z(K1[:, :, 2, 2], K0[:, :, 2, 2]).ravel(),
-        paired_z((K1[:, :, 0, 0] + K1[:, :, 1, 1]) / 2, (K0[:, :, 0, 0] + K0[:, :, 1, 1]) / 2).ravel(),
-    ])
+    k0, k1 = k_par_perp(K0), k_par_perp(K1)
+    zK = np.concatenate([paired_z(k1[name], k0[name]).ravel() for name in k0])
     zC = np.concatenate([paired_z(C1[name], C0[name]).ravel() for name in C0])
     return zK, zC[np.isfinite(zC)]
 
@@ -96,9 +100,10 @@ def last_snapshot_shift(ref, run) -> dict:
     """Relative difference of ``K_par`` and ``K_perp`` at the last snapshot, run minus
     reference, realisation-paired, with its standard error."""
     out = {}
-    for name, get in (("K_par", lambda K: K[:, -1, 2, 2]), ("K_perp", lambda K: (K[:, -1, 0, 0] + K[:, -1, 1, 1]) / 2)):
-        d = get(run[1]) - get(ref[1])
-        scale = get(ref[1]).mean()
+    k0, k1 = k_par_perp(ref[1]), k_par_perp(run[1])
+    for name in k0:
+        d = k1[name][:, -1] - k0[name][:, -1]
+        scale = k0[name][:, -1].mean()
         out[name] = {"rel": float(d.mean() / scale), "rel_err": float(d.std(ddof=1) / np.sqrt(len(d)) / scale)}
     return out
 
@@ -126,10 +131,10 @@ def main() -> None:
     common = sorted(set.intersection(*(set(RunStore.existing(r).completed()) for r in runs)))
     if len(common) < 3:
         raise SystemExit(f"only {len(common)} realisations are complete in all three runs")
-    ref = pooled(args.reference, args.t_min, common)
-    cand = pooled(args.candidate, args.t_min, common)
-    ctrl = pooled(args.control, args.t_min, common)
     rtol = args.time_rtol
+    ref = pooled(args.reference, args.t_min, common, rtol)
+    cand = pooled(args.candidate, args.t_min, common, rtol)
+    ctrl = pooled(args.control, args.t_min, common, rtol)
     if not (np.allclose(ref[0], cand[0], rtol=rtol) and np.allclose(ref[0], ctrl[0], rtol=rtol)):
         raise SystemExit("the three runs have different snapshot times")
     zK_c, zC_c = z_values(ref, cand)
