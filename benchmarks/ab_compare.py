@@ -16,7 +16,7 @@ width. Example (512- against 256-bit vectors, the paper's parameters)::
     python benchmarks/ab_compare.py --a-env CRSKY_VECTOR_BITS=256 --b-env CRSKY_VECTOR_BITS=512 \\
         --threads 2 --particles 3072 --modes 256 --dt 0.1 --rounds 16
 
-``--what field`` times the mode loop alone (``cpu._field_mixed4``, one thread) instead
+``--what field`` times the mode loop alone (``cpu._field_mixed``, one thread) instead
 of full traces: the part of the cost that a change of the cosine or of the sums moves.
 """
 
@@ -54,33 +54,35 @@ pos, vel = _start_state(n_part)
 cpu.trace(pos[:4], vel[:4], modes, -1.0, dt, 0.1, np.array([1, 2]), precision="mixed")
 steps = _snapshots(max(2, int(seconds * 1.5e9 * threads / (n_modes * n_part))))
 if what == "field":
-    # The mode loop alone: cpu._field_mixed4 (four particles, every block) over and
+    # The mode loop alone: cpu._field_mixed (LANES particles, every block) over and
     # over on one thread, an offset nudged each time so that nothing is hoisted.
-    field4 = cpu._field_mixed4
+    field = cpu._field_mixed
+    lanes = cpu.LANES
 
     @numba.njit
-    def field_loop(m32, phases, d, b, reps):
+    def field_loop(m32, phases, d, b, acc, reps):
         total = 0.0
         for _ in range(reps):
             d[0, 0, 0] += np.float32(1e-7)
-            field4(m32, phases, d, b)
+            field(m32, phases, d, b, acc)
             total += b[0, 0]
         return total
 
     rng = np.random.default_rng(0)
     m32 = kernels.mixed_mode_arrays(modes)[1]
-    phases = rng.uniform(-0.5, 0.5, (4, n_modes)).astype(np.float32)
-    d = (0.1 * rng.normal(size=((n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, 4))).astype(np.float32)
-    b = np.empty((3, 4))
-    field_loop(m32, phases, d, b, 1)
-    reps = max(1, int(seconds * 1.5e9 / (4 * n_modes)))
+    phases = rng.uniform(-0.5, 0.5, (n_modes, lanes)).astype(np.float32)
+    d = (0.1 * rng.normal(size=((n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, lanes))).astype(np.float32)
+    b = np.empty((3, lanes))
+    acc = np.empty((3, lanes), np.float32)
+    field_loop(m32, phases, d, b, acc, 1)
+    reps = max(1, int(seconds * 1.5e9 / (lanes * n_modes)))
 print("ready", numba.config.CPU_FEATURES is not None and "-prefer-256-bit" in numba.config.CPU_FEATURES, flush=True)
 for line in sys.stdin:
     t = time.perf_counter()
     c = time.process_time()
     if what == "field":
-        field_loop(m32, phases, d, b, reps)
-        work, used = 4 * n_modes * reps, 1
+        field_loop(m32, phases, d, b, acc, reps)
+        work, used = lanes * n_modes * reps, 1
     else:
         cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
         work, used = n_modes * n_part * int(steps[-1]), threads
@@ -113,8 +115,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--what", choices=("trace", "field"), default="trace",
-                    help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed4 on "
-                         "four particles, one thread)")
+                    help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed on "
+                         "LANES particles, one thread; variants older than session 5 lack it)")
     args = ap.parse_args()
 
     common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]

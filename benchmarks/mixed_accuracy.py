@@ -1,7 +1,7 @@
 """Accuracy of the mixed-precision path against float64 (issue 6).
 
-1. Field error of the hot path (``cpu._field_mixed4``: float32 phases, polynomial
-   cosine, float32 sums in vector lanes) and of the scalar kernel
+1. Field error of the hot path (``cpu._field_mixed``: float32 phases, polynomial
+   cosine, float32 sums in each vector lane) and of the scalar kernel
    (``kernels.field_at_mixed``: float64 sums) against the float64 kernel, at points
    uniform in radius out to ``--radius`` L_c, with the reference point a random
    distance up to ``budget / k_max`` away, for several phase budgets.
@@ -28,28 +28,34 @@ from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
 _ref = cpu._reference_phases
-_field4 = cpu._field_mixed4
+_field = cpu._field_mixed
+LANES = cpu.LANES
 
 
 @numba.njit(parallel=True)
 def hot_path_field(modes_turns, modes32, points, references, out):
-    n = points.shape[0]
-    for g in numba.prange(n // 4):
-        phases = np.empty((4, modes_turns.shape[1]), np.float32)
-        d = np.empty(((modes_turns.shape[1] + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, 4), np.float32)
-        b = np.empty((3, 4))
-        for q in range(4):
-            i = 4 * g + q
-            _ref(references[i, 0], references[i, 1], references[i, 2], modes_turns, phases[q])
+    n_modes = modes_turns.shape[1]
+    n_blocks = (n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK
+    for g in numba.prange(points.shape[0] // LANES):
+        phases = np.empty((n_modes, LANES), np.float32)
+        row = np.empty(n_modes, np.float32)
+        d = np.empty((n_blocks, 3, LANES), np.float32)
+        b = np.empty((3, LANES))
+        acc = np.empty((3, LANES), np.float32)
+        for q in range(LANES):
+            i = LANES * g + q
+            _ref(references[i, 0], references[i, 1], references[i, 2], modes_turns, row)
+            phases[:, q] = row
             for c in range(3):
                 d[:, c, q] = np.float32(points[i, c] - references[i, c])  # one reference for all blocks
-        _field4(modes32, phases, d, b)
-        for q in range(4):
+        _field(modes32, phases, d, b, acc)
+        for q in range(LANES):
             for c in range(3):
-                out[4 * g + q, c] = b[c, q]
+                out[LANES * g + q, c] = b[c, q]
 
 
 def field_errors(turbulence, n_points, radius, budgets, seed=0):
+    n_points -= n_points % LANES  # whole groups of lanes
     modes = make_modes(turbulence, seed=seed, realisation=0)
     turns, m32 = kernels.mixed_mode_arrays(modes)
     kmax = np.linalg.norm(modes[0:3], axis=0).max()

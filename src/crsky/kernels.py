@@ -36,8 +36,8 @@ splits the phase exactly where precision is needed:
 - at the particle's position ``x`` the phase is ``k_n . (x - x_ref) / 2 pi + phi_n``,
   evaluated in float32 from the float32 offset ``x - x_ref`` and float32 ``k_n / 2 pi``,
   and its cosine is a float32 polynomial (:func:`cos_turns`, in the double-angle form
-  ``2 cos^2(pi x) - 1``: 15 operations per mode in all) that LLVM vectorises (8 modes
-  per AVX2 instruction);
+  ``2 cos^2(pi x) - 1``: 15 operations per mode in all) that LLVM vectorises over
+  particles (the CPU backend steps 64 particles together, 8 per AVX2 instruction);
 - the reference point is moved to the particle every few steps, so that
   ``|k| |x - x_ref|`` stays below a few tens of rad (the float32 phase then carries
   absolute errors ~1e-8 turns whatever ``|x|`` is);
@@ -83,10 +83,11 @@ __all__ = [
     "neg_sin_turns",
     "cos_turns",
     "reduce_turns",
+    "reference_phase",
     "reference_phases",
-    "reference_phases_range",
     "field_at_mixed",
-    "sincos_poly",
+    "sincos_taylor",
+    "rotate_taylor",
     "rotate_poly",
     "push_mixed",
     "quarter_turns",
@@ -254,23 +255,21 @@ def reduce_turns(phase):
     return float32(phase - ((phase + _ROUND64) - _ROUND64))
 
 
-def reference_phases_range(x, y, z, modes_turns, phases, n0, n1):
-    """Store ``(k_n . x + beta_n) / 2 pi mod 1`` (float64, reduced to ``[-1/2, 1/2]``)
-    as float32 in ``phases[n]`` for the reference point ``(x, y, z)``, for the modes
-    ``n0 <= n < n1`` (unsigned, so that the loop vectorises).
+def reference_phase(x, y, z, modes_turns, n):
+    """``(k_n . x + beta_n) / 2 pi`` in float64, reduced to ``[-1/2, 1/2]``
+    (:func:`reduce_turns`) and rounded to float32: the reference phase (turns) of mode
+    ``n`` at the reference point ``(x, y, z)``.
 
     ``modes_turns`` is the float64 ``(4, N)`` array of :func:`mixed_mode_arrays`
-    (``k / 2 pi`` and ``beta / 2 pi``); ``phases`` a float32 array of length N.
+    (``k / 2 pi`` and ``beta / 2 pi``).
     """
-    for n in range(n0, n1):
-        phases[n] = reduce_turns(
-            modes_turns[0, n] * x + modes_turns[1, n] * y + modes_turns[2, n] * z + modes_turns[3, n]
-        )
+    return reduce_turns(modes_turns[0, n] * x + modes_turns[1, n] * y + modes_turns[2, n] * z + modes_turns[3, n])
 
 
 def reference_phases(x, y, z, modes_turns, phases):
-    """:func:`reference_phases_range` for all N modes."""
-    reference_phases_range(x, y, z, modes_turns, phases, uint64(0), uint64(modes_turns.shape[1]))
+    """:func:`reference_phase` of every mode into ``phases`` (float32, length N)."""
+    for n in range(modes_turns.shape[1]):
+        phases[n] = reference_phase(x, y, z, modes_turns, n)
 
 
 def field_at_mixed(dx, dy, dz, modes32, phases):
@@ -293,11 +292,10 @@ def field_at_mixed(dx, dy, dz, modes32, phases):
     return bx, by, bz
 
 
-def sincos_poly(theta):
-    """``(cos(theta), sin(theta))`` in float64: Taylor polynomials to order 18 and 17
-    for |theta| <= 1 (truncation error < 1e-17), ``math`` otherwise."""
-    if abs(theta) > 1.0:
-        return math.cos(theta), math.sin(theta)
+def sincos_taylor(theta):
+    """``(cos(theta), sin(theta))`` in float64 for ``|theta| <= 1``: Taylor polynomials
+    to order 18 and 17 (truncation error < 1e-17). No branches, so that a loop over
+    particles vectorises; larger ``|theta|`` are the caller's to avoid."""
     u = theta * theta
     s = theta * (1.0 + u * (-1.6666666666666666e-01 + u * (8.3333333333333332e-03 + u * (
         -1.9841269841269841e-04 + u * (2.7557319223985893e-06 + u * (-2.5052108385441720e-08 + u * (
@@ -308,22 +306,32 @@ def sincos_poly(theta):
     return c, s
 
 
-def rotate_poly(vx, vy, vz, bx, by, bz, scale):
-    """:func:`rotate` with the sine and cosine of the (small) angle from
-    :func:`sincos_poly` instead of ``math`` calls; ``|v|`` preserved to rounding."""
+def rotate_taylor(vx, vy, vz, bx, by, bz, scale):
+    """:func:`rotate` with :func:`sincos_taylor` for the angle ``theta = scale |b|``,
+    valid for ``|theta| <= 1`` (the caller checks); ``|v|`` preserved to rounding.
+
+    Branch-free (a zero field gives ``n = 0``, ``theta = 0`` and ``v`` unchanged), so
+    that the CPU mixed path's loop over particles vectorises.
+    """
     bb = math.sqrt(bx * bx + by * by + bz * bz)
-    if bb == 0.0:
-        return vx, vy, vz
-    inv = 1.0 / bb
+    inv = 1.0 / max(bb, 1e-300)
     nx = bx * inv
     ny = by * inv
     nz = bz * inv
-    c, s = sincos_poly(scale * bb)
+    c, s = sincos_taylor(scale * bb)
     ndotv = (nx * vx + ny * vy + nz * vz) * (1.0 - c)
     wx = vx * c + (ny * vz - nz * vy) * s + nx * ndotv
     wy = vy * c + (nz * vx - nx * vz) * s + ny * ndotv
     wz = vz * c + (nx * vy - ny * vx) * s + nz * ndotv
     return wx, wy, wz
+
+
+def rotate_poly(vx, vy, vz, bx, by, bz, scale):
+    """:func:`rotate` without ``math`` calls in the usual case: :func:`rotate_taylor`
+    for angles ``|scale| |b| <= 1``, :func:`rotate` beyond."""
+    if abs(scale) * math.sqrt(bx * bx + by * by + bz * bz) > 1.0:
+        return rotate(vx, vy, vz, bx, by, bz, scale)
+    return rotate_taylor(vx, vy, vz, bx, by, bz, scale)
 
 
 def push_mixed(x, y, z, vx, vy, vz, xr, yr, zr, refresh, modes_turns, modes32, phases, sign, dtau, rl):
@@ -598,7 +606,8 @@ def push_turns2(x0, y0, z0, vx0, vy0, vz0, x1, y1, z1, vx1, vy1, vz1, modes_turn
 #: Kernels in dependency order (a kernel may call only those before it).
 _KERNELS = (
     field_at, rotate, push,
-    neg_sin_turns, cos_turns, reduce_turns, reference_phases_range, reference_phases, field_at_mixed, sincos_poly, rotate_poly,
+    neg_sin_turns, cos_turns, reduce_turns, reference_phase, reference_phases, field_at_mixed, sincos_taylor,
+    rotate_taylor, rotate_poly,
     push_mixed, quarter_turns, add_mode_turns, field_at_turns, push_turns, field_at_turns2, push_turns2,
 )
 

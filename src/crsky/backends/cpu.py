@@ -10,10 +10,12 @@ Two precisions (``docs/performance.md``):
 ``"mixed"``
     float64 reference phases at a reference point per particle and block of
     :data:`MODE_BLOCK` modes, float32 phase offsets and a float32 polynomial cosine
-    (:func:`crsky.kernels.cos_turns`, double-angle form) vectorised over modes (8
-    modes per AVX2 instruction, 16 with 512-bit vectors), four particles per inner
-    loop; positions, velocities and the rotation stay float64. About 30-35x faster;
-    field error < 1e-6 (measured max ~5.7e-7, rms ~1.8e-7) of its rms value.
+    (:func:`crsky.kernels.cos_turns`, double-angle form). :data:`LANES` particles are
+    stepped together, one per float32 vector lane (16 per 512-bit instruction, 8 per
+    AVX2 one): the field sum, the drifts, the refreshes and the rotation all vectorise
+    over particles, and each lane sums its own field (no horizontal sums). Positions,
+    velocities and the rotation stay float64. About 50x faster than float64; field
+    error < 1e-6 (measured max ~5.6e-7, rms ~1.9e-7) of its rms value.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ _push = KERNELS.push
 _field_at = KERNELS.field_at
 
 #: Floating-point flags of the mixed path: FMA contraction, never reassociation
-#: (see :mod:`crsky.kernels`); the mode loop adds reassociation of its own sums only.
+#: (see :mod:`crsky.kernels`). The loops vectorise over particles, so no sum needs
+#: reassociating.
 _CONTRACT = {"contract"}
-_REDUCE = {"contract", "reassoc", "nsz"}
 
 #: The scalar kernels compiled with FMA contraction (the mixed path).
 FAST_KERNELS = kernels.compile_kernels(
@@ -63,15 +65,18 @@ FAST_KERNELS = kernels.compile_kernels(
 )
 _cos = FAST_KERNELS.cos_turns
 _reference_phases = FAST_KERNELS.reference_phases
-_reference_phases_range = FAST_KERNELS.reference_phases_range
+_reference_phase = FAST_KERNELS.reference_phase
 _field_at_mixed = FAST_KERNELS.field_at_mixed
 _rotate_poly = FAST_KERNELS.rotate_poly
+_rotate_taylor = FAST_KERNELS.rotate_taylor
 
-#: Particles advanced together by the mixed path (one :func:`_field_mixed4` call).
-GROUP = 4
-#: Modes per float32 partial sum of the mixed path; longer sums lose accuracy (the
-#: field error at 1024 modes grows from 5e-7 to 9e-7 of the rms field without blocks).
-MODE_BLOCK = 128
+#: Particles advanced together by the mixed path, one per vector lane (four 512-bit
+#: or eight 256-bit float32 vectors per mode; 32 and 128 measured slower).
+LANES = 64
+#: Modes per reference point and per float32 partial sum of the mixed path. The lane
+#: sums are sequential, so longer blocks lose accuracy (field error max 5.2e-7 of the
+#: rms field with 16, 6.7e-7 with 32, 1.2e-6 with 64: docs/performance.md).
+MODE_BLOCK = 16
 #: Work chunks per thread (:func:`_run_dynamic`).
 CHUNKS_PER_THREAD = 16
 
@@ -154,97 +159,70 @@ def _field_at_points_mixed(modes_turns, modes32, points, references, out):
         out[i, 2] = bz
 
 
-@numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
-def _field_block4(m32, phases, d, b, n0, n1):
-    """Add the field of modes ``n0 <= n < n1`` at four particles to ``b``.
-
-    ``m32`` the float32 (6, N) ``k / 2 pi, A xi`` array, ``phases`` (4, N) float32
-    reference phases (turns), ``d`` (3, 4) float32 offsets from the reference points,
-    ``b`` (3, 4) float64 (x, y, z by particle). ``n0`` and ``n1``
-    are unsigned so that numba drops its negative-index handling and LLVM vectorises.
-
-    The mode loop is what LLVM vectorises: 8 (AVX2) modes per instruction, four
-    independent particles per iteration to hide the latency of the per-step work.
-    The sums are float32 in the vector lanes (each lane adds at most
-    ``MODE_BLOCK / 8`` terms), then float64 in ``b``.
-    """
-    dx0 = d[0, 0]
-    dy0 = d[1, 0]
-    dz0 = d[2, 0]
-    dx1 = d[0, 1]
-    dy1 = d[1, 1]
-    dz1 = d[2, 1]
-    dx2 = d[0, 2]
-    dy2 = d[1, 2]
-    dz2 = d[2, 2]
-    dx3 = d[0, 3]
-    dy3 = d[1, 3]
-    dz3 = d[2, 3]
-    bx0 = by0 = bz0 = float32(0.0)
-    bx1 = by1 = bz1 = float32(0.0)
-    bx2 = by2 = bz2 = float32(0.0)
-    bx3 = by3 = bz3 = float32(0.0)
-    for n in range(n0, n1):
-        kx = m32[0, n]
-        ky = m32[1, n]
-        kz = m32[2, n]
-        ax = m32[3, n]
-        ay = m32[4, n]
-        az = m32[5, n]
-        c0 = _cos(kx * dx0 + ky * dy0 + kz * dz0 + phases[0, n])
-        c1 = _cos(kx * dx1 + ky * dy1 + kz * dz1 + phases[1, n])
-        c2 = _cos(kx * dx2 + ky * dy2 + kz * dz2 + phases[2, n])
-        c3 = _cos(kx * dx3 + ky * dy3 + kz * dz3 + phases[3, n])
-        bx0 += ax * c0
-        by0 += ay * c0
-        bz0 += az * c0
-        bx1 += ax * c1
-        by1 += ay * c1
-        bz1 += az * c1
-        bx2 += ax * c2
-        by2 += ay * c2
-        bz2 += az * c2
-        bx3 += ax * c3
-        by3 += ay * c3
-        bz3 += az * c3
-    b[0, 0] += bx0
-    b[1, 0] += by0
-    b[2, 0] += bz0
-    b[0, 1] += bx1
-    b[1, 1] += by1
-    b[2, 1] += bz1
-    b[0, 2] += bx2
-    b[1, 2] += by2
-    b[2, 2] += bz2
-    b[0, 3] += bx3
-    b[1, 3] += by3
-    b[2, 3] += bz3
-
-
 @numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
-def _field_mixed4(m32, phases, d, b):
-    """The total field at four particles into ``b`` (3, 4): :func:`_field_block4`
-    over blocks of :data:`MODE_BLOCK` modes, the block sums added in float64.
+def _field_mixed(m32, phases, d, b, acc):
+    """The total field at :data:`LANES` particles into ``b``.
 
-    ``d`` (n_blocks, 3, 4) float32: the offsets of the four particles from the
-    reference point of each block (each block has its own, :func:`refresh_intervals`).
+    Parameters
+    ----------
+    m32 : numpy.ndarray, shape (6, N), float32
+        ``k / 2 pi`` (turns per ``L_c``) and ``A xi`` (``B0``) of each mode
+        (:func:`crsky.kernels.mixed_mode_arrays`).
+    phases : numpy.ndarray, shape (N, LANES), float32
+        Reference phases (turns) of each mode at each particle's reference point for
+        that mode's block.
+    d : numpy.ndarray, shape (n_blocks, 3, LANES), float32
+        Offsets (``L_c``) of the particles from the reference point of each block of
+        :data:`MODE_BLOCK` modes.
+    b : numpy.ndarray, shape (3, LANES), float64
+        Output: ``B / B0`` at the particles, the regular field ``z_hat`` included.
+    acc : numpy.ndarray, shape (3, LANES), float32
+        Scratch.
+
+    The particles are the vector lanes: the loop over ``p`` is what LLVM vectorises
+    (16 float32 lanes per 512-bit instruction, 8 per AVX2 one; ``LANES`` of them are a
+    few independent instructions per mode, which hides the latency of the chain from
+    phase to sum). The mode data are broadcast. No horizontal sums: each lane sums its
+    own particle's field, in float32 over one block of ``MODE_BLOCK`` modes, then in
+    float64 across blocks.
     """
-    for q in range(4):
-        b[0, q] = 0.0
-        b[1, q] = 0.0
-        b[2, q] = 1.0
-    n = m32.shape[1]
+    for p in range(LANES):
+        b[0, p] = 0.0
+        b[1, p] = 0.0
+        b[2, p] = 1.0
+    n_modes = m32.shape[1]
     for k in range(d.shape[0]):
-        n0 = k * MODE_BLOCK
-        _field_block4(m32, phases, d[k], b, numba.uint64(n0), numba.uint64(min(n0 + MODE_BLOCK, n)))
+        for p in range(LANES):
+            acc[0, p] = float32(0.0)
+            acc[1, p] = float32(0.0)
+            acc[2, p] = float32(0.0)
+        # Unsigned bounds: numba then drops its negative-index handling of n.
+        for n in range(numba.uint64(k * MODE_BLOCK), numba.uint64(min((k + 1) * MODE_BLOCK, n_modes))):
+            kx = m32[0, n]
+            ky = m32[1, n]
+            kz = m32[2, n]
+            ax = m32[3, n]
+            ay = m32[4, n]
+            az = m32[5, n]
+            for p in range(LANES):
+                c = _cos(phases[n, p] + kx * d[k, 0, p] + ky * d[k, 1, p] + kz * d[k, 2, p])
+                acc[0, p] += ax * c
+                acc[1, p] += ay * c
+                acc[2, p] += az * c
+        for p in range(LANES):
+            b[0, p] += acc[0, p]
+            b[1, p] += acc[1, p]
+            b[2, p] += acc[2, p]
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_CONTRACT, error_model="numpy")
 def _trace_mixed(g0, g1, positions, velocities, modes_turns, modes32, sign, dtau, rl, snapshot_steps, every,
                  out_pos, out_vel):
-    """Groups ``g0 <= g < g1`` of :data:`GROUP` particles (see :func:`trace`).
+    """Groups ``g0 <= g < g1`` of :data:`LANES` particles (see :func:`trace`).
 
     ``every[k]``: steps between refreshes of the reference point of mode block ``k``.
+    Every per-particle loop below runs over the lanes, so LLVM vectorises the drifts,
+    the refreshes, the offsets and the rotation as well as the field sum.
     """
     n = positions.shape[0]
     n_modes = modes_turns.shape[1]
@@ -252,49 +230,65 @@ def _trace_mixed(g0, g1, positions, velocities, modes_turns, modes32, sign, dtau
     half = 0.5 * dtau * rl
     scale = -sign * dtau
     for g in range(g0, g1):
-        phases = np.empty((GROUP, n_modes), np.float32)
-        s = np.empty((6, GROUP))  # x, y, z, vx, vy, vz
-        ref = np.empty((n_blocks, 3, GROUP))  # reference point of each block
-        d = np.empty((n_blocks, 3, GROUP), np.float32)
-        b = np.empty((3, GROUP))
+        phases = np.empty((n_modes, LANES), np.float32)
+        s = np.empty((6, LANES))  # x, y, z, vx, vy, vz
+        old = np.empty((3, LANES))  # velocity before the rotation
+        theta2 = np.empty(LANES)  # squared rotation angle
+        ref = np.empty((n_blocks, 3, LANES))  # reference point of each block
+        d = np.empty((n_blocks, 3, LANES), np.float32)
+        b = np.empty((3, LANES))
+        acc = np.empty((3, LANES), np.float32)
         since = every.copy()  # every block is refreshed at the first step
-        for q in range(GROUP):
-            i = min(g * GROUP + q, n - 1)  # the last group repeats its last particle
+        for q in range(LANES):
+            i = min(g * LANES + q, n - 1)  # the last group repeats its last particle
             for c in range(3):
                 s[c, q] = positions[i, c]
                 s[3 + c, q] = velocities[i, c]
         step = 0
         for j in range(snapshot_steps.shape[0]):
             while step < snapshot_steps[j]:
-                for q in range(GROUP):
-                    for c in range(3):
-                        s[c, q] += half * s[3 + c, q]
+                for q in range(LANES):
+                    s[0, q] += half * s[3, q]
+                    s[1, q] += half * s[4, q]
+                    s[2, q] += half * s[5, q]
                 for k in range(n_blocks):
                     if since[k] >= every[k]:
                         # Move the block's reference points to the particles (where the
                         # field is evaluated this step); its phases there in float64.
-                        n0 = numba.uint64(k * MODE_BLOCK)
-                        n1 = numba.uint64(min((k + 1) * MODE_BLOCK, n_modes))
-                        for q in range(GROUP):
-                            for c in range(3):
+                        for c in range(3):
+                            for q in range(LANES):
                                 ref[k, c, q] = s[c, q]
-                            _reference_phases_range(s[0, q], s[1, q], s[2, q], modes_turns, phases[q], n0, n1)
+                        for m in range(k * MODE_BLOCK, min((k + 1) * MODE_BLOCK, n_modes)):
+                            for q in range(LANES):
+                                phases[m, q] = _reference_phase(s[0, q], s[1, q], s[2, q], modes_turns, m)
                         since[k] = 0
                     since[k] += 1
-                    for q in range(GROUP):
-                        for c in range(3):
+                    for c in range(3):
+                        for q in range(LANES):
                             d[k, c, q] = float32(s[c, q] - ref[k, c, q])
-                _field_mixed4(modes32, phases, d, b)
-                for q in range(GROUP):
-                    vx, vy, vz = _rotate_poly(s[3, q], s[4, q], s[5, q], b[0, q], b[1, q], b[2, q], scale)
+                _field_mixed(modes32, phases, d, b, acc)
+                for q in range(LANES):
+                    old[0, q] = s[3, q]
+                    old[1, q] = s[4, q]
+                    old[2, q] = s[5, q]
+                    theta2[q] = scale * scale * (b[0, q] * b[0, q] + b[1, q] * b[1, q] + b[2, q] * b[2, q])
+                    vx, vy, vz = _rotate_taylor(s[3, q], s[4, q], s[5, q], b[0, q], b[1, q], b[2, q], scale)
                     s[3, q] = vx
                     s[4, q] = vy
                     s[5, q] = vz
-                    for c in range(3):
-                        s[c, q] += half * s[3 + c, q]
+                for q in range(LANES):
+                    if theta2[q] > 1.0:  # rare (|b| dtau > 1): redone with math.cos
+                        vx, vy, vz = _rotate_poly(old[0, q], old[1, q], old[2, q], b[0, q], b[1, q], b[2, q], scale)
+                        s[3, q] = vx
+                        s[4, q] = vy
+                        s[5, q] = vz
+                for q in range(LANES):
+                    s[0, q] += half * s[3, q]
+                    s[1, q] += half * s[4, q]
+                    s[2, q] += half * s[5, q]
                 step += 1
-            for q in range(GROUP):
-                i = g * GROUP + q
+            for q in range(LANES):
+                i = g * LANES + q
                 if i < n:
                     for c in range(3):
                         out_pos[j, i, c] = s[c, q]
@@ -451,7 +445,7 @@ def trace(
             raise ValueError(f"refresh = {refresh}: must be >= 1")
         every[:] = int(refresh)
     _run_dynamic(
-        _trace_mixed, (len(positions) + GROUP - 1) // GROUP, positions, velocities,
+        _trace_mixed, (len(positions) + LANES - 1) // LANES, positions, velocities,
         *kernels.mixed_mode_arrays(modes), float(sign), float(dtau), float(rl), steps, every, out_pos, out_vel,
     )
     return out_pos, out_vel
