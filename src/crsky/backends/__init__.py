@@ -40,7 +40,8 @@ def wide_vector_features(host_features: str, environ) -> str | None:
     registers, or None to leave numba's default (256-bit vectors even on AVX-512 CPUs).
 
     LLVM's tuning for recent Intel server CPUs prefers 256-bit vectors; the mixed
-    path is ~30 % faster with 512-bit ones (``docs/performance.md``, "Session 5"). Returns None when the CPU lacks AVX-512, when the user has set
+    path is ~30 % faster with 512-bit ones (``docs/performance.md``, "Session 5").
+    Returns None when the CPU lacks AVX-512, when the user has set
     ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` (theirs wins), or when
     ``CRSKY_VECTOR_BITS=256``.
 
