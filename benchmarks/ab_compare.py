@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--what", choices=("trace", "field"), default="trace",
                     help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed on "
-                         "LANES particles, one thread; variants older than session 5 lack it)")
+                         "LANES particles, one thread; a variant without it cannot run this)")
     args = ap.parse_args()
 
     common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]

@@ -1,4 +1,4 @@
-"""Throughput measured only in quiet moments of a shared machine (issue 6).
+"""Throughput measured only in quiet moments of a shared machine.
 
 Other people's test runs share the cores. A timed run counts as *clean* when the
 process got (almost) all the CPU time its threads could use:

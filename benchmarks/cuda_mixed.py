@@ -1,4 +1,4 @@
-"""The CUDA backend's mixed path on a real GPU (issue 7): throughput, launch shape
+"""The CUDA backend's mixed path on a real GPU: throughput, launch shape
 and accuracy. Needs a GPU; ``--smoke`` runs tiny sizes (also in numba's simulator,
 ``NUMBA_ENABLE_CUDASIM=1``, to check the script itself; its timings mean nothing).
 

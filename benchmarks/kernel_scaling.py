@@ -1,4 +1,4 @@
-"""How the tracing cost scales with modes, particles and steps (issue 6).
+"""How the tracing cost scales with modes, particles and steps.
 
 For each precision of the CPU backend, times ``cpu.trace`` (8 log-spaced snapshots,
 ``r_L = 0.1``, the default ``Omega dt``, particles starting ~10 L_c out) while varying one

@@ -1,4 +1,4 @@
-"""The shape of the steady-state spectrum, with bootstrap errors (issue 5, claims 3-4).
+"""The shape of the steady-state spectrum, with bootstrap errors (docs/validation.md, section 5).
 
 For a run directory and its snapshots at ``t Omega >= --t-min``, per gradient:
 
@@ -10,7 +10,7 @@ For a run directory and its snapshots at ``t Omega >= --t-min``, per gradient:
   3.1 noise) and of the *relative* part (``<C_l> - coherent - N``, the spectrum of
   ``dI - E[dI]``);
 - the curvature ``c`` of ``ln C_hat_l = a + b ln l + c (ln l)^2`` fitted over
-  ``l = 1`` to the fit range below (``c < 0``: concave in log-log, claim 3);
+  ``l = 1`` to the fit range below (``c < 0``: concave in log-log);
 - the BGK exponent ``p`` fitted to the total spectrum with a free normalisation
   (``l >= 2`` shape only, as ``crsky analyze`` does) and to the relative part with the
   normalisation fixed at ``l = 1`` (the dipole included).
@@ -24,7 +24,7 @@ fixed across resamples.
 
 Usage::
 
-    python benchmarks/spectrum_shape.py RUN_DIR [RUN_DIR ...] [--t-min 100] [--boot 200] [--json]
+    python validation/spectrum_shape.py RUN_DIR [RUN_DIR ...] [--t-min 100] [--boot 200] [--json]
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Step-size convergence study (SPEC section 3, issue 2).
+"""Step-size convergence study of K_par and K_perp (results: docs/validation.md, section 3).
 
 K_par and K_perp at t Omega = 1000 against Omega dt for r_L = 0.1 L_c, sigma2 = 1,
 the paper's spectrum with 256 modes. The same realisations and particles are used at
 every step size, so the *paired* change of K between two step sizes is measured far
 more precisely than K itself; it is compared with the statistical error of K.
 
-    python benchmarks/step_convergence.py [--nside 2] [--realisations 32] [--out FILE.json]
+    python validation/step_convergence.py [--nside 2] [--realisations 32] [--out FILE.json]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ two-sample Kolmogorov-Smirnov test between the candidate's and the control's ``|
 
 Usage::
 
-    python benchmarks/precision_null_test.py REF_RUN CANDIDATE_RUN CONTROL_RUN [--t-min 150] [--time-rtol 1e-6]
+    python validation/precision_null_test.py REF_RUN CANDIDATE_RUN CONTROL_RUN [--t-min 150] [--time-rtol 1e-6]
 
 Each of the three may be a comma-separated list of runs (re-samplings: the same
 configuration with ``dt`` changed by a different ~1e-9): the realisation-wise mean

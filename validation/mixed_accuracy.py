@@ -1,4 +1,4 @@
-"""Accuracy of the mixed-precision path against float64 (issue 6).
+"""Accuracy of the mixed-precision path against float64 (results: docs/performance.md).
 
 1. Field error of the hot path (``cpu._field_mixed``: float32 phases, polynomial
    cosine, float32 sums in each vector lane) and of the scalar kernel
@@ -10,7 +10,7 @@
    does to a chaotic orbit), median and max over particles against steps.
 3. |v| after many steps.
 
-    python benchmarks/mixed_accuracy.py [--points 400000] [--out mixed_accuracy.json]
+    python validation/mixed_accuracy.py [--points 400000] [--out mixed_accuracy.json]
 """
 
 from __future__ import annotations
