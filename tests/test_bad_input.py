@@ -33,7 +33,7 @@ CONFIG_CASES = [
     ("[turbulence]\nlambda_min = 2.0\nlambda_max = 1.0\n", "[turbulence] lambda_max = 1.0: must be > lambda_min"),
     ("[turbulence]\nsigma2 = -0.5\n", "[turbulence] sigma2 = -0.5: must be >= 0"),
     ("[turbulence]\ngeometry = 'helical'\n", "[turbulence] geometry = 'helical': must be one of"),
-    ("[turbulence]\nslab_fraction = -0.1\n", "[turbulence] slab_fraction = -0.1: must be in [0, 1]"),
+    ("[turbulence]\ngeometry = 'composite'\nslab_fraction = -0.1\n", "[turbulence] slab_fraction = -0.1: must be in [0, 1]"),
     ("[turbulence]\ngamma = nan\n", "[turbulence] gamma = nan: must be a finite number"),
     ("[integration]\ndt = 0\n", "[integration] dt = 0.0: must be > 0"),
     ("[integration]\nt_max = -5\n", "[integration] t_max = -5.0: must be > 0"),

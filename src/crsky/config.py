@@ -37,6 +37,8 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "DEFAULT_DT",
+    "MAX_STEPS",
+    "MAX_SIGMA2",
     "load_config",
     "resolve_config",
 ]
@@ -44,6 +46,20 @@ __all__ = [
 #: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md
 #: (section 3.2: halving it changes K by 0.2 %, a fifth of the paper preset's error).
 DEFAULT_DT = 0.1
+
+#: Largest number of steps ``t_max / dt``. Step counts and snapshot times
+#: ``steps * dt`` stay exact in int64 and float64 far below it, and a run of that
+#: many steps is already ~10^4 times longer than the paper's (2 x 10^4 steps).
+MAX_STEPS = 10**9
+
+#: Largest turbulence level ``sigma2 = <dB^2> / B0^2``. The paper uses 1; 10^4
+#: (``dB = 100 B0``) is far into the strong-turbulence regime and keeps every field
+#: value and phase finite in float64.
+MAX_SIGMA2 = 1.0e4
+
+#: Largest config file read (bytes). A configuration is well under a kilobyte; the
+#: limit stops ``/dev/zero`` or a wrong file from being read into memory.
+MAX_CONFIG_BYTES = 1 << 20
 
 GEOMETRIES = ("isotropic", "slab", "2d", "composite")
 PRECISIONS = ("float64", "float32")
@@ -254,6 +270,8 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
     if expected == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} = {value!r}: must be an integer, got {_type_name(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{where} = {value!r}: must be a 64-bit integer, in [-2^63, 2^63)")
         return value
     if expected == "str":
         if not isinstance(value, str):
@@ -290,7 +308,8 @@ def _validate(cfg: RunConfig) -> RunConfig:
     t, p, i, e, o = cfg.turbulence, cfg.particles, cfg.integration, cfg.ensemble, cfg.output
     _range(t.geometry in GEOMETRIES, "turbulence", "geometry", t.geometry, "one of " + ", ".join(GEOMETRIES))
     _range(0.0 <= t.slab_fraction <= 1.0, "turbulence", "slab_fraction", t.slab_fraction, "in [0, 1]")
-    _range(t.sigma2 >= 0.0, "turbulence", "sigma2", t.sigma2, ">= 0")
+    _range(0.0 <= t.sigma2 <= MAX_SIGMA2, "turbulence", "sigma2", t.sigma2,
+           f"in [0, {MAX_SIGMA2:g}] (<dB^2> / B0^2; the paper uses 1)")
     _range(t.gamma > 0.0, "turbulence", "gamma", t.gamma, "> 0")
     _range(t.lambda_min > 0.0, "turbulence", "lambda_min", t.lambda_min, "> 0 (in L_c)")
     _range(
@@ -314,15 +333,42 @@ def _validate(cfg: RunConfig) -> RunConfig:
     _range(i.precision in FIELD_PRECISIONS, "integration", "precision", i.precision,
            "one of " + ", ".join(FIELD_PRECISIONS))
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
-    n_steps = round(i.t_max / i.dt)
-    _range(
-        n_steps >= i.n_snapshots, "integration", "n_snapshots", i.n_snapshots,
-        f"<= the number of steps t_max / dt = {n_steps}",
-    )
+    _check_steps(i)
     _range(e.realisations >= 1, "ensemble", "realisations", e.realisations, ">= 1")
     _range(0 <= e.seed < 2**63, "ensemble", "seed", e.seed, "an integer in [0, 2^63)")
     _range(o.precision in PRECISIONS, "output", "precision", o.precision, "one of " + ", ".join(PRECISIONS))
     return cfg
+
+
+def _check_steps(i: IntegrationConfig) -> None:
+    """The step count ``t_max / dt`` is a whole number <= :data:`MAX_STEPS` and the
+    ``n_snapshots`` snapshots fit on distinct steps between ``t_min`` and ``t_max``.
+
+    The last snapshot is ``t_max`` exactly on a step (``t_max = n dt``); the others
+    are rounded to the nearest step (:func:`crsky.simulate.snapshot_schedule`).
+    """
+    ratio = i.t_max / i.dt
+    if not ratio <= MAX_STEPS:  # also catches an overflow to inf
+        raise ConfigError(
+            f"[integration] t_max / dt = {i.t_max!r} / {i.dt!r} = {ratio:.3g} steps: must be <= {MAX_STEPS:.0e} "
+            "(raise dt or lower t_max)"
+        )
+    n_steps = round(ratio)
+    # ratio is exact to a few ulps (<= 1e-6 steps below MAX_STEPS): a larger offset is
+    # a t_max that is not a whole number of steps.
+    if abs(ratio - n_steps) > 1e-6:
+        below, above = math.floor(ratio) * i.dt, math.ceil(ratio) * i.dt
+        raise ConfigError(
+            f"[integration] t_max = {i.t_max!r}: must be a whole number of steps dt = {i.dt!r} "
+            f"(the last snapshot is t_max, on a step), e.g. {below:.12g} or {above:.12g}"
+        )
+    first = max(1, round(i.t_min / i.dt)) if i.n_snapshots > 1 else n_steps
+    distinct = n_steps - first + 1
+    _range(
+        i.n_snapshots <= distinct, "integration", "n_snapshots", i.n_snapshots,
+        f"<= {distinct}, the number of distinct steps dt = {i.dt!r} from t_min = {i.t_min!r} "
+        f"to t_max = {i.t_max!r} (lower t_min or dt, or raise t_max)",
+    )
 
 
 def _resolve_particles(table: dict) -> dict:
@@ -336,13 +382,22 @@ def _resolve_particles(table: dict) -> dict:
             f"[particles] {', '.join(missing)} missing: energy_tev, b0_microgauss and lc_pc "
             "must be given together (or give rl alone)"
         )
-    for key in physical:
-        _range(table[key] > 0.0, "particles", key, table[key], "> 0")
-    table = dict(table)
-    table["rl"] = units.gyroradius_lc(
-        table["energy_tev"], table.get("charge", 1), table["b0_microgauss"], table["lc_pc"]
-    )
-    return table
+    # Types and ranges of every input of r_L first, so that a bad one is named
+    # rather than surfacing as an error of the unit conversion.
+    values = {key: _check_type("particles", key, table[key], "float") for key in physical}
+    units_of = {"energy_tev": "TeV", "b0_microgauss": "microgauss", "lc_pc": "pc"}
+    for key, value in values.items():
+        _range(value > 0.0, "particles", key, value, f"a finite number > 0 (in {units_of[key]})")
+    charge = _check_type("particles", "charge", table.get("charge", 1), "int")
+    _range(charge != 0, "particles", "charge", charge, "a non-zero integer (charge number Z)")
+    rl = units.gyroradius_lc(values["energy_tev"], charge, values["b0_microgauss"], values["lc_pc"])
+    if not (math.isfinite(rl) and rl > 0.0):
+        raise ConfigError(
+            f"[particles] energy_tev = {values['energy_tev']!r}, charge = {charge}, b0_microgauss = "
+            f"{values['b0_microgauss']!r}, lc_pc = {values['lc_pc']!r} give r_L / L_c = {rl!r}: must be a "
+            "finite number > 0 (outside the range of float64)"
+        )
+    return {**table, **values, "rl": rl}
 
 
 def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config") -> RunConfig:
@@ -377,7 +432,25 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
             if f.name in merged[name]:
                 kwargs[f.name] = _check_type(name, f.name, merged[name][f.name], f.type)
         sections[name] = cls(**kwargs)
+    _check_slab_fraction((overrides or {}).get("turbulence", {}), sections["turbulence"])
     return _validate(RunConfig(**sections))
+
+
+def _check_slab_fraction(given: dict, turbulence: TurbulenceConfig) -> None:
+    """Refuse ``slab_fraction`` where the geometry ignores it.
+
+    Only ``composite`` uses it; elsewhere a value would change the config digest (and
+    so the identity of the run) without changing the physics. The default value is
+    accepted because every resolved configuration carries it (a run's config.toml,
+    reused as input, must load).
+    """
+    default = TurbulenceConfig.slab_fraction
+    ignored = turbulence.geometry in GEOMETRIES and turbulence.geometry != "composite"
+    if "slab_fraction" in given and ignored and turbulence.slab_fraction != default:
+        raise ConfigError(
+            f"[turbulence] slab_fraction = {turbulence.slab_fraction!r}: used only by geometry = 'composite', "
+            f"ignored by geometry = {turbulence.geometry!r}; remove the key"
+        )
 
 
 def load_config(path: str | Path | None = None, preset: str = "quick") -> RunConfig:
@@ -392,17 +465,39 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
     if path is None:
         return resolve_config(None, preset)
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    text = _read_config_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
     return resolve_config(data, preset, origin=str(path))
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a config file: UTF-8 (a leading byte-order mark is skipped), at
+    most :data:`MAX_CONFIG_BYTES` bytes, read without trusting its size (``/dev/zero``).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a crsky configuration"
+        )
+    try:
+        return data.decode("utf-8-sig")  # TOML is UTF-8; editors on Windows may add a BOM
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} "
+            "(save it as UTF-8)"
+        ) from None
 
 
 def config_from_toml_text(text: str) -> RunConfig:
@@ -412,7 +507,15 @@ def config_from_toml_text(text: str) -> RunConfig:
     # keys so that rl (already resolved) is taken as it is.
     particles = data.get("particles", {})
     physical = {k: particles.pop(k) for k in ("energy_tev", "b0_microgauss", "lc_pc") if k in particles}
+    # A run written before slab_fraction was refused for other geometries may store
+    # any value there: keep it as stored, so that the run's digest is unchanged.
+    turbulence = data.get("turbulence", {})
+    stored_slab = None
+    if turbulence.get("geometry", TurbulenceConfig.geometry) != "composite" and "slab_fraction" in turbulence:
+        stored_slab = _check_type("turbulence", "slab_fraction", turbulence.pop("slab_fraction"), "float")
     cfg = resolve_config(data, "quick", origin="resolved config")
     if physical:
         cfg = dataclasses.replace(cfg, particles=dataclasses.replace(cfg.particles, **physical))
+    if stored_slab is not None:
+        cfg = dataclasses.replace(cfg, turbulence=dataclasses.replace(cfg.turbulence, slab_fraction=stored_slab))
     return cfg
