@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ __all__ = [
     "MAX_SIGMA2",
     "load_config",
     "resolve_config",
+    "ResourceEstimate",
+    "estimate_resources",
+    "check_resources",
 ]
 
 #: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md
@@ -519,3 +524,179 @@ def config_from_toml_text(text: str) -> RunConfig:
     if stored_slab is not None:
         cfg = dataclasses.replace(cfg, turbulence=dataclasses.replace(cfg.turbulence, slab_fraction=stored_slab))
     return cfg
+
+
+# ---------------------------------------------------------------------------------
+# Memory and disk, before anything is allocated or written
+# ---------------------------------------------------------------------------------
+#: Resident size of a worker process before any array: Python, numpy, numba with its
+#: compiled kernels, healpy, xarray (measured ~300 MB).
+_PROCESS_BYTES = 300 * 2**20
+#: HDF5 and netCDF metadata of one realisation file (measured 14 KiB at nside 2).
+_FILE_OVERHEAD_BYTES = 16 * 2**10
+#: manifest.json record of one realisation (file name, size, SHA-256, host, time).
+_MANIFEST_RECORD_BYTES = 400
+#: Runs at least this large in memory or on disk get their estimate printed.
+LARGE_RUN_BYTES = 2**30
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """Memory and disk a run needs (bytes), estimated from its configuration.
+
+    Attributes
+    ----------
+    memory_simulation : int
+        Peak memory of one process simulating one realisation: the mode array and
+        its temporaries, ``x`` and ``p`` at every snapshot with their copies on the
+        way to the file, and the process itself.
+    memory_analysis : int
+        Peak memory of ``crsky analyze``: one realisation read back, its component
+        maps, their running sum, and the per-realisation spectra it keeps.
+    disk_per_realisation : int
+        One realisation file (``x`` and ``p`` at every snapshot, at the output
+        precision, plus metadata).
+    disk_total : int
+        Every realisation file, the manifest and the analysis outputs.
+    """
+
+    memory_simulation: int
+    memory_analysis: int
+    disk_per_realisation: int
+    disk_total: int
+
+    def describe(self, workers: int = 1) -> str:
+        """One line: disk and memory of the run."""
+        procs = f"{workers} processes x " if workers > 1 else ""
+        return (f"about {_size(self.disk_total)} on disk ({_size(self.disk_per_realisation)} per realisation), "
+                f"{procs}{_size(self.memory_simulation)} of memory to run, {_size(self.memory_analysis)} to analyse")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def estimate_resources(config: RunConfig) -> ResourceEstimate:
+    """Memory and disk of a run, from its configuration alone (nothing allocated).
+
+    The estimates are upper bounds to within a factor of about 2 (measured on runs
+    from nside 2 to 32); they exist to refuse what cannot fit, not to plan to the byte.
+    Python integers, so that absurd sizes (``realisations = 10**12``) do not overflow.
+    """
+    snapshots = config.integration.n_snapshots
+    npix = config.particles.n_particles
+    realisations = config.ensemble.realisations
+    out_bytes = 4 if config.output.precision == "float32" else 8
+    lmax = 3 * config.particles.nside - 1
+    trajectory = snapshots * npix * 3 * 8  # one of x, p at every snapshot, float64
+    # make_modes builds about 20 float64 arrays of n_modes (k, k_hat, xi, bases, ...)
+    modes = 20 * 8 * config.turbulence.n_modes
+    # x and the traced velocity, p = -u, and one more copy of both while writing
+    memory_simulation = _PROCESS_BYTES + modes + 5 * trajectory
+    stored = 2 * snapshots * npix * 3 * out_bytes
+    # read back (stored), as float64 component maps (2 trajectories), their running
+    # sum (2), a temporary of the same size (2); per realisation the 21 cross-spectra
+    # and the moments are kept
+    kept = realisations * snapshots * ((lmax + 1) * 21 + 42) * 8
+    memory_analysis = _PROCESS_BYTES + stored + 6 * trajectory + kept
+    per_file = stored + _FILE_OVERHEAD_BYTES
+    # analysis.nc: per-realisation spectra for each gradient, plus metadata
+    analysis = realisations * 2 * snapshots * (lmax + 1) * 8 + 2**17
+    disk_total = realisations * (per_file + _MANIFEST_RECORD_BYTES) + analysis
+    return ResourceEstimate(memory_simulation, memory_analysis, per_file, disk_total)
+
+
+def physical_memory() -> int | None:
+    """Memory this process may use (bytes): physical RAM, or a smaller cgroup limit;
+    ``None`` where the system does not say."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            ram = int(limit) if ram is None else min(ram, int(limit))
+    except OSError:
+        pass
+    return ram
+
+
+def _bytes_under(path: Path) -> int:
+    """Total size of the regular files under ``path`` (0 if it does not exist)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except (NotADirectoryError, FileNotFoundError):
+            pass
+    return total
+
+
+def check_resources(config: RunConfig, out, workers: int = 1) -> ResourceEstimate:
+    """Refuse a run that cannot fit in this machine's memory or on the disk of ``out``.
+
+    Run before the run directory is created, so that a refused configuration leaves
+    nothing behind. A resumed run needs only the disk its missing files take: the
+    bytes already under ``out`` count as written.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated configuration.
+    out : path
+        The run directory (it need not exist yet).
+    workers : int
+        Local worker processes, each holding one realisation.
+
+    Returns
+    -------
+    ResourceEstimate
+        The estimate (for the caller to print for large runs).
+
+    Raises
+    ------
+    ConfigError
+        One line with the estimate and what this machine has.
+    OSError
+        If ``out`` is not a usable path name (too long, a loop of links).
+    """
+    estimate = estimate_resources(config)
+    ram = physical_memory()
+    need_memory = max(workers * estimate.memory_simulation, estimate.memory_analysis)
+    if ram is not None and need_memory > ram:
+        if workers * estimate.memory_simulation >= estimate.memory_analysis:
+            which, advice = "to run", "[particles] nside, [turbulence] n_modes or [integration] n_snapshots"
+            if workers > 1:
+                advice += f", or use fewer --workers ({workers} processes x {_size(estimate.memory_simulation)})"
+        else:
+            which, advice = "to analyse", "[ensemble] realisations, [particles] nside or [integration] n_snapshots"
+        raise ConfigError(
+            f"run too large for this machine: about {_size(need_memory)} of memory {which}, "
+            f"{_size(ram)} available; lower {advice}"
+        )
+    out = Path(out).absolute()
+    existing = out
+    while not existing.exists():  # the nearest existing ancestor holds the new files
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    need_disk = estimate.disk_total - _bytes_under(out)
+    if need_disk > free:
+        raise ConfigError(
+            f"run too large for the disk: about {_size(need_disk)} more needed in {out} "
+            f"({_size(estimate.disk_per_realisation)} per realisation), {_size(free)} free; lower "
+            "[ensemble] realisations, [particles] nside or [integration] n_snapshots, use [output] "
+            "precision = 'float32', or choose another --out"
+        )
+    return estimate
