@@ -208,3 +208,17 @@ def test_dev_zero_is_refused():
 def test_directory_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"is a directory, not a TOML file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((10.0, 0, 3.0, 30.0), "charge = 0: must be a non-zero integer"),
+    ((10.0, "1", 3.0, 30.0), "charge = '1': must be a non-zero integer"),
+    ((-1.0, 1, 3.0, 30.0), "energy_tev = -1.0: must be a finite number > 0"),
+    ((10.0, 1, float("nan"), 30.0), "b0_microgauss = nan: must be a finite number > 0"),
+    ((10.0, 1, 3.0, 0.0), "lc_pc = 0.0: must be a finite number > 0"),
+])
+def test_unit_conversion_refuses_bad_inputs(args, message):
+    from crsky.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        gyroradius_lc(*args)
