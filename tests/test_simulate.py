@@ -100,3 +100,14 @@ def test_workers_give_identical_results(tmp_path):
 def test_bad_worker_count(tmp_path):
     with pytest.raises(ValueError, match="workers = 0"):
         run_ensemble(resolve_config(TINY), tmp_path / "r", workers=0)
+
+
+def test_non_finite_field_modes_stop_before_the_integration():
+    """Wavelengths out of the range of float64 (here lambda_min = 1e-320 L_c, a
+    denormal, with lambda_max = 1e300 L_c) give non-finite modes: refused, named."""
+    from crsky.errors import NonFiniteError
+    from crsky.simulate import simulate_realisations
+
+    cfg = resolve_config({**TINY, "turbulence": {"n_modes": 8, "lambda_min": 1e-320, "lambda_max": 1e300}})
+    with np.errstate(all="ignore"), pytest.raises(NonFiniteError, match=r"realisation 1: the field modes are not finite"):
+        simulate_realisations(cfg, [1], "cpu")

@@ -198,7 +198,8 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
             raise NonFiniteError(
                 f"realisation {j}: the field modes are not finite (wavenumbers or amplitudes out of the "
                 f"range of float64); check [turbulence] sigma2 = {config.turbulence.sigma2!r}, "
-                f"lambda_min = {config.turbulence.lambda_min!r}, lambda_max = {config.turbulence.lambda_max!r}"
+                f"gamma = {config.turbulence.gamma!r}, lambda_min = {config.turbulence.lambda_min!r}, "
+                f"lambda_max = {config.turbulence.lambda_max!r}"
             )
     sign = -config.charge_sign  # backtracking: the opposite charge, forward in time
     start = time.perf_counter()
