@@ -222,3 +222,16 @@ def test_unit_conversion_refuses_bad_inputs(args, message):
 
     with pytest.raises(InputError, match=message):
         gyroradius_lc(*args)
+
+
+def test_stored_config_of_an_older_run_stays_readable():
+    """A run written before t_max had to be a whole step, or with sigma2 above the
+    bound for new runs, is still read from its directory (to analyse it), while the
+    same values are refused for a new run."""
+    text = resolve_config().to_toml().replace("t_max = 300.0", "t_max = 300.05").replace("sigma2 = 1.0", "sigma2 = 20000.0")
+    cfg = config_from_toml_text(text)
+    assert (cfg.integration.t_max, cfg.turbulence.sigma2) == (300.05, 2e4) and cfg.to_toml() == text
+    with pytest.raises(ConfigError, match="sigma2 = 20000.0"):
+        resolve_config({"turbulence": {"sigma2": 2e4}})
+    with pytest.raises(ConfigError, match="t_max = 300.05: must be a whole number of steps"):
+        resolve_config({"integration": {"t_max": 300.05}})

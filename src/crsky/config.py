@@ -309,11 +309,14 @@ def _range(cond: bool, section: str, key: str, value: Any, allowed: str) -> None
         raise ConfigError(f"[{section}] {key} = {value!r}: must be {allowed}")
 
 
-def _validate(cfg: RunConfig) -> RunConfig:
+def _validate(cfg: RunConfig, strict: bool = True) -> RunConfig:
+    """Check every value; ``strict=False`` (a stored run's configuration) keeps only
+    the checks that runs written before the sigma2 bound, the step-count bound and the
+    whole-step t_max were introduced already passed, so that they stay readable."""
     t, p, i, e, o = cfg.turbulence, cfg.particles, cfg.integration, cfg.ensemble, cfg.output
     _range(t.geometry in GEOMETRIES, "turbulence", "geometry", t.geometry, "one of " + ", ".join(GEOMETRIES))
     _range(0.0 <= t.slab_fraction <= 1.0, "turbulence", "slab_fraction", t.slab_fraction, "in [0, 1]")
-    _range(0.0 <= t.sigma2 <= MAX_SIGMA2, "turbulence", "sigma2", t.sigma2,
+    _range(0.0 <= t.sigma2 <= (MAX_SIGMA2 if strict else math.inf), "turbulence", "sigma2", t.sigma2,
            f"in [0, {MAX_SIGMA2:g}] (<dB^2> / B0^2; the paper uses 1)")
     _range(t.gamma > 0.0, "turbulence", "gamma", t.gamma, "> 0")
     _range(t.lambda_min > 0.0, "turbulence", "lambda_min", t.lambda_min, "> 0 (in L_c)")
@@ -338,7 +341,12 @@ def _validate(cfg: RunConfig) -> RunConfig:
     _range(i.precision in FIELD_PRECISIONS, "integration", "precision", i.precision,
            "one of " + ", ".join(FIELD_PRECISIONS))
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
-    _check_steps(i)
+    if strict:
+        _check_steps(i)
+    else:
+        ratio = i.t_max / i.dt
+        _range(math.isfinite(ratio) and round(ratio) >= i.n_snapshots, "integration", "n_snapshots",
+               i.n_snapshots, f"<= the number of steps t_max / dt = {ratio:.6g}")
     _range(e.realisations >= 1, "ensemble", "realisations", e.realisations, ">= 1")
     _range(0 <= e.seed < 2**63, "ensemble", "seed", e.seed, "an integer in [0, 2^63)")
     _range(o.precision in PRECISIONS, "output", "precision", o.precision, "one of " + ", ".join(PRECISIONS))
@@ -405,7 +413,8 @@ def _resolve_particles(table: dict) -> dict:
     return {**table, **values, "rl": rl}
 
 
-def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config") -> RunConfig:
+def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config",
+                   *, strict: bool = True) -> RunConfig:
     """Build a validated :class:`RunConfig` from a preset and key-by-key overrides.
 
     Parameters
@@ -416,6 +425,9 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
         The base the overrides apply to.
     origin : str
         Where the overrides came from, for error messages.
+    strict : bool
+        Every check of a new run (default). ``False`` only for a configuration a run
+        directory already stores (:func:`config_from_toml_text`).
 
     Raises
     ------
@@ -438,7 +450,7 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
                 kwargs[f.name] = _check_type(name, f.name, merged[name][f.name], f.type)
         sections[name] = cls(**kwargs)
     _check_slab_fraction((overrides or {}).get("turbulence", {}), sections["turbulence"])
-    return _validate(RunConfig(**sections))
+    return _validate(RunConfig(**sections), strict)
 
 
 def _check_slab_fraction(given: dict, turbulence: TurbulenceConfig) -> None:
@@ -506,7 +518,11 @@ def _read_config_text(path: Path) -> str:
 
 
 def config_from_toml_text(text: str) -> RunConfig:
-    """Re-read a resolved configuration written by :meth:`RunConfig.to_toml`."""
+    """Re-read a resolved configuration written by :meth:`RunConfig.to_toml`.
+
+    The checks are those a run passed when it was written (``strict=False``): a run
+    directory stays analysable after a check of new runs is tightened.
+    """
     data = tomllib.loads(text)
     # A resolved config carries rl and the physical keys together: drop the physical
     # keys so that rl (already resolved) is taken as it is.
@@ -518,7 +534,7 @@ def config_from_toml_text(text: str) -> RunConfig:
     stored_slab = None
     if turbulence.get("geometry", TurbulenceConfig.geometry) != "composite" and "slab_fraction" in turbulence:
         stored_slab = _check_type("turbulence", "slab_fraction", turbulence.pop("slab_fraction"), "float")
-    cfg = resolve_config(data, "quick", origin="resolved config")
+    cfg = resolve_config(data, "quick", origin="resolved config", strict=False)
     if physical:
         cfg = dataclasses.replace(cfg, particles=dataclasses.replace(cfg.particles, **physical))
     if stored_slab is not None:
