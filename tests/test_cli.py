@@ -106,18 +106,59 @@ def test_console_script_help():
     assert result.returncode == 0 and "--preset" in result.stdout
 
 
-def test_internal_value_error_is_a_failure_with_traceback(capsys, monkeypatch):
-    """Only :class:`crsky.errors.InputError` means bad input (exit 2, one line); a
-    ValueError from inside crsky is a bug and must show its traceback (exit 1)."""
+def _break_bgk(monkeypatch):
     import crsky.bgk
 
     def broken(*args, **kwargs):
         raise ValueError("internal inconsistency")
 
     monkeypatch.setattr(crsky.bgk, "bgk_ratio", broken)
+
+
+def test_internal_value_error_is_a_failure_in_one_line(capsys, monkeypatch):
+    """Only :class:`crsky.errors.InputError` means bad input (exit 2); a ValueError
+    from inside crsky is a failure (exit 1): one line, the traceback with --debug."""
+    _break_bgk(monkeypatch)
     code, _, err = run_cli(["bgk", "--p", "0.5", "--lmax", "4"], capsys)
     assert code == 1
-    assert "Traceback" in err and "internal inconsistency" in err
+    assert err.strip() == "crsky: failed: ValueError: internal inconsistency (--debug for the traceback)"
+
+
+@pytest.mark.parametrize("args", [["--debug", "bgk", "--p", "0.5", "--lmax", "4"],
+                                  ["bgk", "--p", "0.5", "--lmax", "4", "--debug"]])
+def test_debug_shows_the_traceback(capsys, monkeypatch, args):
+    _break_bgk(monkeypatch)
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "crsky: failed: ValueError: internal inconsistency"
+
+
+def test_debug_flag_does_not_change_bad_input_handling(capsys):
+    code, _, err = run_cli(["bgk", "--p", "1.5", "--lmax", "4"], capsys)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run_cli(["--debug", "bgk", "--p", "1.5", "--lmax", "4"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("crsky: error: p must be")
+
+
+def test_too_long_output_name_is_bad_input(tmp_path, capsys):
+    out = tmp_path / ("r" * 300)  # NAME_MAX is 255 on common file systems
+    code, _, err = run_cli(["run", "--out", str(out), "--backend", "cpu"], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "cannot use path" in err and "File name too long" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_run_prints_its_estimate_first(tmp_path, capsys, monkeypatch):
+    """A run of more than 1 GiB states its size on the first line, before any work.
+    (The size threshold is lowered so that a tiny run counts as large.)"""
+    import crsky.config
+
+    monkeypatch.setattr(crsky.config, "LARGE_RUN_BYTES", 1)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY_TOML)
+    code, _, err = run_cli(["run", str(cfg), "--out", str(tmp_path / "run"), "--backend", "cpu", "--quiet"], capsys)
+    assert code == 0
+    assert err.splitlines()[0].startswith("crsky run: about ") and "on disk" in err.splitlines()[0]
 
 
 def test_bad_bgk_argument_is_input_error(capsys):

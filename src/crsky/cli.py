@@ -1,17 +1,18 @@
 """The ``crsky`` command line (SPEC section 7).
 
-Exit codes: 0 on success, 2 on bad input (one line on stderr naming the problem, no
-traceback), 1 on any other failure.
+Exit codes: 0 on success, 2 on bad input (one line on stderr naming the problem), 1 on
+any other failure (one line). ``crsky --debug ...`` adds the Python traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 
 __all__ = ["main"]
 
@@ -36,10 +37,15 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .config import load_config
+    from .config import LARGE_RUN_BYTES, check_resources, load_config
     from .ensemble import run_ensemble
 
     config = load_config(args.config, preset=args.preset)
+    # before the run directory exists: a refused size leaves nothing behind
+    workers = 1 if args.scheduler else args.workers
+    estimate = check_resources(config, args.out, workers=workers)
+    if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
+        print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
     store = run_ensemble(
         config, args.out, backend=args.backend, workers=args.workers,
         scheduler=args.scheduler, force=args.force, progress=not args.quiet,
@@ -78,12 +84,13 @@ def _cmd_reproduce(args) -> int:
     from pathlib import Path
 
     from .analysis import analyze, format_summary
-    from .config import load_config
+    from .config import check_resources, load_config
     from .ensemble import run_ensemble
     from .plots import make_figures
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(None, preset=args.preset)
+    check_resources(config, out, workers=args.workers)
     print(f"crsky reproduce: preset {args.preset} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lengths in L_c, times as t Omega, diffusion coefficients in L_c c.",
     )
     parser.add_argument("--version", action="version", version=f"crsky {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on a failure, print the Python traceback (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -191,30 +200,57 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer, shorter cases")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=_cmd_bench)
+    for command in sub.choices.values():  # --debug also after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
+#: errno values of a path the user gave that cannot be used as a path at all: bad
+#: input (exit 2), not a failure. Other OSErrors (disk full, I/O) are failures.
+_BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``crsky`` command; returns the exit code."""
+    """Entry point of the ``crsky`` command; returns the exit code.
+
+    Exit 0 on success; 2 on bad input (:class:`~crsky.errors.InputError`, an
+    unusable backend, a path name too long for the file system); 1 on any other
+    failure, non-finite results (:class:`~crsky.errors.NonFiniteError`) included.
+    Every error is one line on stderr; ``--debug`` adds the traceback.
+    """
     from .backends import BackendError, configure_cpu_vectors
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # until the arguments are parsed
     parser = build_parser()
     try:
         configure_cpu_vectors()  # before anything imports numba
         args = parser.parse_args(argv)
+        debug = args.debug
         return args.func(args)
     except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included
-        print(f"crsky: error: {exc}", file=sys.stderr)
-        return 2
+        return _report(f"crsky: error: {exc}", 2, debug)
     except KeyboardInterrupt:
-        print("crsky: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return _report("crsky: interrupted; run the same command again to resume", 130, debug)
+    except NonFiniteError as exc:
+        return _report(f"crsky: error: {exc}", 1, debug)
+    except OSError as exc:
+        if exc.errno in _BAD_PATH_ERRNOS:
+            return _report(f"crsky: error: cannot use path {exc.filename}: {exc.strerror}", 2, debug)
+        return _report(f"crsky: failed: {exc}" + ("" if debug else " (--debug for the traceback)"), 1, debug)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        return _report(f"crsky: failed: {type(exc).__name__}: {exc}"
+                       + ("" if debug else " (--debug for the traceback)"), 1, debug)
+
+
+def _report(message: str, code: int, debug: bool) -> int:
+    """Print ``message`` as one line on stderr (after the traceback with ``--debug``)."""
+    if debug:
         import traceback
 
         traceback.print_exc()
-        print(f"crsky: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    print(" ".join(message.split()), file=sys.stderr)  # one line, whatever the exception said
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +39,32 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "DEFAULT_DT",
+    "MAX_STEPS",
+    "MAX_SIGMA2",
     "load_config",
     "resolve_config",
+    "ResourceEstimate",
+    "estimate_resources",
+    "check_resources",
 ]
 
 #: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md
 #: (section 3.2: halving it changes K by 0.2 %, a fifth of the paper preset's error).
 DEFAULT_DT = 0.1
+
+#: Largest number of steps ``t_max / dt``. Step counts and snapshot times
+#: ``steps * dt`` stay exact in int64 and float64 far below it, and a run of that
+#: many steps is already ~10^4 times longer than the paper's (2 x 10^4 steps).
+MAX_STEPS = 10**9
+
+#: Largest turbulence level ``sigma2 = <dB^2> / B0^2``. The paper uses 1; 10^4
+#: (``dB = 100 B0``) is far into the strong-turbulence regime and keeps every field
+#: value and phase finite in float64.
+MAX_SIGMA2 = 1.0e4
+
+#: Largest config file read (bytes). A configuration is well under a kilobyte; the
+#: limit stops ``/dev/zero`` or a wrong file from being read into memory.
+MAX_CONFIG_BYTES = 1 << 20
 
 GEOMETRIES = ("isotropic", "slab", "2d", "composite")
 PRECISIONS = ("float64", "float32")
@@ -254,6 +275,8 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
     if expected == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} = {value!r}: must be an integer, got {_type_name(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{where} = {value!r}: must be a 64-bit integer, in [-2^63, 2^63)")
         return value
     if expected == "str":
         if not isinstance(value, str):
@@ -286,11 +309,15 @@ def _range(cond: bool, section: str, key: str, value: Any, allowed: str) -> None
         raise ConfigError(f"[{section}] {key} = {value!r}: must be {allowed}")
 
 
-def _validate(cfg: RunConfig) -> RunConfig:
+def _validate(cfg: RunConfig, strict: bool = True) -> RunConfig:
+    """Check every value; ``strict=False`` (a stored run's configuration) keeps only
+    the checks that runs written before the sigma2 bound, the step-count bound and the
+    whole-step t_max were introduced already passed, so that they stay readable."""
     t, p, i, e, o = cfg.turbulence, cfg.particles, cfg.integration, cfg.ensemble, cfg.output
     _range(t.geometry in GEOMETRIES, "turbulence", "geometry", t.geometry, "one of " + ", ".join(GEOMETRIES))
     _range(0.0 <= t.slab_fraction <= 1.0, "turbulence", "slab_fraction", t.slab_fraction, "in [0, 1]")
-    _range(t.sigma2 >= 0.0, "turbulence", "sigma2", t.sigma2, ">= 0")
+    _range(0.0 <= t.sigma2 <= (MAX_SIGMA2 if strict else math.inf), "turbulence", "sigma2", t.sigma2,
+           f"in [0, {MAX_SIGMA2:g}] (<dB^2> / B0^2; the paper uses 1)")
     _range(t.gamma > 0.0, "turbulence", "gamma", t.gamma, "> 0")
     _range(t.lambda_min > 0.0, "turbulence", "lambda_min", t.lambda_min, "> 0 (in L_c)")
     _range(
@@ -314,15 +341,47 @@ def _validate(cfg: RunConfig) -> RunConfig:
     _range(i.precision in FIELD_PRECISIONS, "integration", "precision", i.precision,
            "one of " + ", ".join(FIELD_PRECISIONS))
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
-    n_steps = round(i.t_max / i.dt)
-    _range(
-        n_steps >= i.n_snapshots, "integration", "n_snapshots", i.n_snapshots,
-        f"<= the number of steps t_max / dt = {n_steps}",
-    )
+    if strict:
+        _check_steps(i)
+    else:
+        ratio = i.t_max / i.dt
+        _range(math.isfinite(ratio) and round(ratio) >= i.n_snapshots, "integration", "n_snapshots",
+               i.n_snapshots, f"<= the number of steps t_max / dt = {ratio:.6g}")
     _range(e.realisations >= 1, "ensemble", "realisations", e.realisations, ">= 1")
     _range(0 <= e.seed < 2**63, "ensemble", "seed", e.seed, "an integer in [0, 2^63)")
     _range(o.precision in PRECISIONS, "output", "precision", o.precision, "one of " + ", ".join(PRECISIONS))
     return cfg
+
+
+def _check_steps(i: IntegrationConfig) -> None:
+    """The step count ``t_max / dt`` is a whole number <= :data:`MAX_STEPS` and the
+    ``n_snapshots`` snapshots fit on distinct steps between ``t_min`` and ``t_max``.
+
+    The last snapshot is ``t_max`` exactly on a step (``t_max = n dt``); the others
+    are rounded to the nearest step (:func:`crsky.simulate.snapshot_schedule`).
+    """
+    ratio = i.t_max / i.dt
+    if not ratio <= MAX_STEPS:  # also catches an overflow to inf
+        raise ConfigError(
+            f"[integration] t_max / dt = {i.t_max!r} / {i.dt!r} = {ratio:.3g} steps: must be <= {MAX_STEPS:.0e} "
+            "(raise dt or lower t_max)"
+        )
+    n_steps = round(ratio)
+    # ratio is exact to a few ulps (<= 1e-6 steps below MAX_STEPS): a larger offset is
+    # a t_max that is not a whole number of steps.
+    if abs(ratio - n_steps) > 1e-6:
+        below, above = math.floor(ratio) * i.dt, math.ceil(ratio) * i.dt
+        raise ConfigError(
+            f"[integration] t_max = {i.t_max!r}: must be a whole number of steps dt = {i.dt!r} "
+            f"(the last snapshot is t_max, on a step), e.g. {below:.12g} or {above:.12g}"
+        )
+    first = max(1, round(i.t_min / i.dt)) if i.n_snapshots > 1 else n_steps
+    distinct = n_steps - first + 1
+    _range(
+        i.n_snapshots <= distinct, "integration", "n_snapshots", i.n_snapshots,
+        f"<= {distinct}, the number of distinct steps dt = {i.dt!r} from t_min = {i.t_min!r} "
+        f"to t_max = {i.t_max!r} (lower t_min or dt, or raise t_max)",
+    )
 
 
 def _resolve_particles(table: dict) -> dict:
@@ -336,16 +395,26 @@ def _resolve_particles(table: dict) -> dict:
             f"[particles] {', '.join(missing)} missing: energy_tev, b0_microgauss and lc_pc "
             "must be given together (or give rl alone)"
         )
-    for key in physical:
-        _range(table[key] > 0.0, "particles", key, table[key], "> 0")
-    table = dict(table)
-    table["rl"] = units.gyroradius_lc(
-        table["energy_tev"], table.get("charge", 1), table["b0_microgauss"], table["lc_pc"]
-    )
-    return table
+    # Types and ranges of every input of r_L first, so that a bad one is named
+    # rather than surfacing as an error of the unit conversion.
+    values = {key: _check_type("particles", key, table[key], "float") for key in physical}
+    units_of = {"energy_tev": "TeV", "b0_microgauss": "microgauss", "lc_pc": "pc"}
+    for key, value in values.items():
+        _range(value > 0.0, "particles", key, value, f"a finite number > 0 (in {units_of[key]})")
+    charge = _check_type("particles", "charge", table.get("charge", 1), "int")
+    _range(charge != 0, "particles", "charge", charge, "a non-zero integer (charge number Z)")
+    rl = units.gyroradius_lc(values["energy_tev"], charge, values["b0_microgauss"], values["lc_pc"])
+    if not (math.isfinite(rl) and rl > 0.0):
+        raise ConfigError(
+            f"[particles] energy_tev = {values['energy_tev']!r}, charge = {charge}, b0_microgauss = "
+            f"{values['b0_microgauss']!r}, lc_pc = {values['lc_pc']!r} give r_L / L_c = {rl!r}: must be a "
+            "finite number > 0 (outside the range of float64)"
+        )
+    return {**table, **values, "rl": rl}
 
 
-def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config") -> RunConfig:
+def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config",
+                   *, strict: bool = True) -> RunConfig:
     """Build a validated :class:`RunConfig` from a preset and key-by-key overrides.
 
     Parameters
@@ -356,6 +425,9 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
         The base the overrides apply to.
     origin : str
         Where the overrides came from, for error messages.
+    strict : bool
+        Every check of a new run (default). ``False`` only for a configuration a run
+        directory already stores (:func:`config_from_toml_text`).
 
     Raises
     ------
@@ -377,7 +449,25 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
             if f.name in merged[name]:
                 kwargs[f.name] = _check_type(name, f.name, merged[name][f.name], f.type)
         sections[name] = cls(**kwargs)
-    return _validate(RunConfig(**sections))
+    _check_slab_fraction((overrides or {}).get("turbulence", {}), sections["turbulence"])
+    return _validate(RunConfig(**sections), strict)
+
+
+def _check_slab_fraction(given: dict, turbulence: TurbulenceConfig) -> None:
+    """Refuse ``slab_fraction`` where the geometry ignores it.
+
+    Only ``composite`` uses it; elsewhere a value would change the config digest (and
+    so the identity of the run) without changing the physics. The default value is
+    accepted because every resolved configuration carries it (a run's config.toml,
+    reused as input, must load).
+    """
+    default = TurbulenceConfig.slab_fraction
+    ignored = turbulence.geometry in GEOMETRIES and turbulence.geometry != "composite"
+    if "slab_fraction" in given and ignored and turbulence.slab_fraction != default:
+        raise ConfigError(
+            f"[turbulence] slab_fraction = {turbulence.slab_fraction!r}: used only by geometry = 'composite', "
+            f"ignored by geometry = {turbulence.geometry!r}; remove the key"
+        )
 
 
 def load_config(path: str | Path | None = None, preset: str = "quick") -> RunConfig:
@@ -392,12 +482,7 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
     if path is None:
         return resolve_config(None, preset)
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    text = _read_config_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -405,14 +490,229 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
     return resolve_config(data, preset, origin=str(path))
 
 
+def _read_config_text(path: Path) -> str:
+    """The text of a config file: UTF-8 (a leading byte-order mark is skipped), at
+    most :data:`MAX_CONFIG_BYTES` bytes, read without trusting its size (``/dev/zero``).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a crsky configuration"
+        )
+    try:
+        return data.decode("utf-8-sig")  # TOML is UTF-8; editors on Windows may add a BOM
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} "
+            "(save it as UTF-8)"
+        ) from None
+
+
 def config_from_toml_text(text: str) -> RunConfig:
-    """Re-read a resolved configuration written by :meth:`RunConfig.to_toml`."""
+    """Re-read a resolved configuration written by :meth:`RunConfig.to_toml`.
+
+    The checks are those a run passed when it was written (``strict=False``): a run
+    directory stays analysable after a check of new runs is tightened.
+    """
     data = tomllib.loads(text)
     # A resolved config carries rl and the physical keys together: drop the physical
     # keys so that rl (already resolved) is taken as it is.
     particles = data.get("particles", {})
     physical = {k: particles.pop(k) for k in ("energy_tev", "b0_microgauss", "lc_pc") if k in particles}
-    cfg = resolve_config(data, "quick", origin="resolved config")
+    # A run written before slab_fraction was refused for other geometries may store
+    # any value there: keep it as stored, so that the run's digest is unchanged.
+    turbulence = data.get("turbulence", {})
+    stored_slab = None
+    if turbulence.get("geometry", TurbulenceConfig.geometry) != "composite" and "slab_fraction" in turbulence:
+        stored_slab = _check_type("turbulence", "slab_fraction", turbulence.pop("slab_fraction"), "float")
+    cfg = resolve_config(data, "quick", origin="resolved config", strict=False)
     if physical:
         cfg = dataclasses.replace(cfg, particles=dataclasses.replace(cfg.particles, **physical))
+    if stored_slab is not None:
+        cfg = dataclasses.replace(cfg, turbulence=dataclasses.replace(cfg.turbulence, slab_fraction=stored_slab))
     return cfg
+
+
+# ---------------------------------------------------------------------------------
+# Memory and disk, before anything is allocated or written
+# ---------------------------------------------------------------------------------
+#: Resident size of a worker process before any array: Python, numpy, numba with its
+#: compiled kernels, healpy, xarray (measured ~300 MB).
+_PROCESS_BYTES = 300 * 2**20
+#: HDF5 and netCDF metadata of one realisation file (measured 14 KiB at nside 2).
+_FILE_OVERHEAD_BYTES = 16 * 2**10
+#: manifest.json record of one realisation (file name, size, SHA-256, host, time).
+_MANIFEST_RECORD_BYTES = 400
+#: Runs at least this large in memory or on disk get their estimate printed.
+LARGE_RUN_BYTES = 2**30
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """Memory and disk a run needs (bytes), estimated from its configuration.
+
+    Attributes
+    ----------
+    memory_simulation : int
+        Peak memory of one process simulating one realisation: the mode array and
+        its temporaries, ``x`` and ``p`` at every snapshot with their copies on the
+        way to the file, and the process itself.
+    memory_analysis : int
+        Peak memory of ``crsky analyze``: one realisation read back, its component
+        maps, their running sum, and the per-realisation spectra it keeps.
+    disk_per_realisation : int
+        One realisation file (``x`` and ``p`` at every snapshot, at the output
+        precision, plus metadata).
+    disk_total : int
+        Every realisation file, the manifest and the analysis outputs.
+    """
+
+    memory_simulation: int
+    memory_analysis: int
+    disk_per_realisation: int
+    disk_total: int
+
+    def describe(self, workers: int = 1) -> str:
+        """One line: disk and memory of the run."""
+        procs = f"{workers} processes x " if workers > 1 else ""
+        return (f"about {_size(self.disk_total)} on disk ({_size(self.disk_per_realisation)} per realisation), "
+                f"{procs}{_size(self.memory_simulation)} of memory to run, {_size(self.memory_analysis)} to analyse")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def estimate_resources(config: RunConfig) -> ResourceEstimate:
+    """Memory and disk of a run, from its configuration alone (nothing allocated).
+
+    The estimates are upper bounds to within a factor of about 2 (measured on runs
+    from nside 2 to 32); they exist to refuse what cannot fit, not to plan to the byte.
+    Python integers, so that absurd sizes (``realisations = 10**12``) do not overflow.
+    """
+    snapshots = config.integration.n_snapshots
+    npix = config.particles.n_particles
+    realisations = config.ensemble.realisations
+    out_bytes = 4 if config.output.precision == "float32" else 8
+    lmax = 3 * config.particles.nside - 1
+    trajectory = snapshots * npix * 3 * 8  # one of x, p at every snapshot, float64
+    # make_modes builds about 20 float64 arrays of n_modes (k, k_hat, xi, bases, ...)
+    modes = 20 * 8 * config.turbulence.n_modes
+    # x and the traced velocity, p = -u, and one more copy of both while writing
+    memory_simulation = _PROCESS_BYTES + modes + 5 * trajectory
+    stored = 2 * snapshots * npix * 3 * out_bytes
+    # read back (stored), as float64 component maps (2 trajectories), their running
+    # sum (2), a temporary of the same size (2); per realisation the 21 cross-spectra
+    # and the moments are kept
+    kept = realisations * snapshots * ((lmax + 1) * 21 + 42) * 8
+    memory_analysis = _PROCESS_BYTES + stored + 6 * trajectory + kept
+    per_file = stored + _FILE_OVERHEAD_BYTES
+    # analysis.nc: per-realisation spectra for each gradient, plus metadata
+    analysis = realisations * 2 * snapshots * (lmax + 1) * 8 + 2**17
+    disk_total = realisations * (per_file + _MANIFEST_RECORD_BYTES) + analysis
+    return ResourceEstimate(memory_simulation, memory_analysis, per_file, disk_total)
+
+
+def physical_memory() -> int | None:
+    """Memory this process may use (bytes): physical RAM, or a smaller cgroup limit;
+    ``None`` where the system does not say."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            ram = int(limit) if ram is None else min(ram, int(limit))
+    except OSError:
+        pass
+    return ram
+
+
+def _bytes_under(path: Path) -> int:
+    """Total size of the regular files under ``path`` (0 if it does not exist)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except (NotADirectoryError, FileNotFoundError):
+            pass
+    return total
+
+
+def check_resources(config: RunConfig, out, workers: int = 1) -> ResourceEstimate:
+    """Refuse a run that cannot fit in this machine's memory or on the disk of ``out``.
+
+    Run before the run directory is created, so that a refused configuration leaves
+    nothing behind. A resumed run needs only the disk its missing files take: the
+    bytes already under ``out`` count as written.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated configuration.
+    out : path
+        The run directory (it need not exist yet).
+    workers : int
+        Local worker processes, each holding one realisation.
+
+    Returns
+    -------
+    ResourceEstimate
+        The estimate (for the caller to print for large runs).
+
+    Raises
+    ------
+    ConfigError
+        One line with the estimate and what this machine has.
+    OSError
+        If ``out`` is not a usable path name (too long, a loop of links).
+    """
+    estimate = estimate_resources(config)
+    ram = physical_memory()
+    need_memory = max(workers * estimate.memory_simulation, estimate.memory_analysis)
+    if ram is not None and need_memory > ram:
+        if workers * estimate.memory_simulation >= estimate.memory_analysis:
+            which, advice = "to run", "[particles] nside, [turbulence] n_modes or [integration] n_snapshots"
+            if workers > 1:
+                advice += f", or use fewer --workers ({workers} processes x {_size(estimate.memory_simulation)})"
+        else:
+            which, advice = "to analyse", "[ensemble] realisations, [particles] nside or [integration] n_snapshots"
+        raise ConfigError(
+            f"run too large for this machine: about {_size(need_memory)} of memory {which}, "
+            f"{_size(ram)} available; lower {advice}"
+        )
+    out = Path(out).absolute()
+    existing = out
+    while not existing.exists():  # the nearest existing ancestor holds the new files
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    need_disk = estimate.disk_total - _bytes_under(out)
+    if need_disk > free:
+        raise ConfigError(
+            f"run too large for the disk: about {_size(need_disk)} more needed in {out} "
+            f"({_size(estimate.disk_per_realisation)} per realisation), {_size(free)} free; lower "
+            "[ensemble] realisations, [particles] nside or [integration] n_snapshots, use [output] "
+            "precision = 'float32', or choose another --out"
+        )
+    return estimate

@@ -8,18 +8,21 @@ File format (CSV, one multipole per row)::
     2,3.0e-08,0.3e-08,2.5e-11                      # trailing comments are allowed
     ...
 
-- ``ell``: multipole, a positive integer (``1, 2, ...``; written ``3`` or ``3.0``),
-  each at most once.
+- ``ell``: multipole, an integer from 1 to 10000 (written ``3`` or ``3.0``), each at
+  most once.
 - ``C_ell``: the measured power of the relative intensity ``dI``, dimensionless (any
   sign: a noise-subtracted estimate can be negative; such rows cannot appear on a
   logarithmic axis and are left out of the plot, not out of the data).
-- ``error``: its 1-sigma uncertainty, ``>= 0``.
+- ``error``: its 1-sigma uncertainty, ``>= 0`` (where one is 0 the comparison
+  weights all multipoles equally).
 - ``noise`` (optional column): the statistical noise level ``N`` of that multipole
   (``>= 0``), e.g. ``f_sky 4 pi / N_CR`` as in Fig. 1 of Mertsch & Ahlers (2015).
 
 Column names are matched case-insensitively after stripping blanks; other columns are
-ignored. Every problem raises :class:`ValueError` with a one-line message that names
-the file and the problem (the command line turns it into exit code 2).
+ignored. The file is checked whole before anything uses it: every problem raises
+:class:`~crsky.errors.InputError` (a :class:`ValueError`) with a one-line message
+naming the file, the line and the column (the command line turns it into exit code 2).
+A file larger than 16 MiB is refused unread.
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["ObservedSpectrum", "read_observed", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
+__all__ = ["ObservedSpectrum", "read_observed", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "MAX_ELL"]
 
 #: Columns every file must have (header names, case-insensitive).
 REQUIRED_COLUMNS = ("ell", "C_ell", "error")
 #: Columns a file may have.
 OPTIONAL_COLUMNS = ("noise",)
+#: Largest multipole accepted: far beyond any measured cosmic-ray spectrum (l <~ 100)
+#: and any simulated one (3 nside - 1), small enough for the comparison's curves.
+MAX_ELL = 10_000
+#: Largest file read (bytes); a spectrum of MAX_ELL rows is ~ 1 MiB.
+MAX_FILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ class ObservedSpectrum:
     Attributes
     ----------
     ell : numpy.ndarray of int64
-        Multipoles, strictly increasing, ``>= 1``.
+        Multipoles, strictly increasing, in ``[1, MAX_ELL]``.
     cl : numpy.ndarray of float64
         ``C_ell`` of the relative intensity (dimensionless).
     error : numpy.ndarray of float64
@@ -110,11 +118,12 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
 
     Raises
     ------
-    ValueError
+    InputError
         One line naming the file and the problem: missing or unreadable file, empty
         file (no header or no data rows), missing header row, missing columns, rows
         with the wrong number of fields, non-numeric or non-finite values, negative
-        errors or noise, ``ell`` that is not a positive integer, repeated ``ell``.
+        errors or noise, ``ell`` that is not an integer in
+        ``[1, MAX_ELL]``, repeated ``ell``, a file larger than 16 MiB or not UTF-8.
     """
     path = Path(path)
     if not path.exists():
@@ -122,11 +131,18 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     if not path.is_file():
         raise InputError(f"observed spectrum {path}: not a regular file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"observed spectrum {path}: not a UTF-8 text file") from None
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise InputError(f"observed spectrum {path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"observed spectrum {path}: larger than {MAX_FILE_BYTES >> 20} MiB, not a spectrum")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"observed spectrum {path}: line {line}: not a UTF-8 text file "
+                         f"(byte 0x{data[exc.start]:02x})") from None
 
     # (line number, fields) of every non-blank, non-comment line
     rows: list[tuple[int, list[str]]] = []
@@ -163,21 +179,25 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     for lineno, fields in data:
         if len(fields) != len(header):
             raise InputError(f"observed spectrum {path}: line {lineno}: {len(fields)} fields, the header has {len(header)}")
-        ell_value = _number(fields[index["ell"]], path, lineno, "ell")
+        where = f"observed spectrum {path}: line {lineno}, column"
+        ell_text = fields[index["ell"]]
+        ell_value = _number(ell_text, path, lineno, "ell")
         if ell_value != int(ell_value) or ell_value < 1:
-            raise InputError(f"observed spectrum {path}: line {lineno}: ell = {fields[index['ell']]!s} is not a positive integer")
+            raise InputError(f"{where} ell: ell = {ell_text} is not a positive integer")
+        if ell_value > MAX_ELL:
+            raise InputError(f"{where} ell: ell = {ell_text} is larger than {MAX_ELL}, the largest multipole accepted")
         ell_int = int(ell_value)
         if ell_int in seen:
-            raise InputError(f"observed spectrum {path}: line {lineno}: ell = {ell_int} repeats line {seen[ell_int]}")
+            raise InputError(f"{where} ell: ell = {ell_int} repeats line {seen[ell_int]}")
         seen[ell_int] = lineno
         c_value = _number(fields[index["c_ell"]], path, lineno, "C_ell")
         e_value = _number(fields[index["error"]], path, lineno, "error")
         if e_value < 0:
-            raise InputError(f"observed spectrum {path}: line {lineno}: negative error {fields[index['error']]}")
+            raise InputError(f"{where} error: negative error {fields[index['error']]} (must be >= 0)")
         if "noise" in index:
             n_value = _number(fields[index["noise"]], path, lineno, "noise")
             if n_value < 0:
-                raise InputError(f"observed spectrum {path}: line {lineno}: negative noise {fields[index['noise']]}")
+                raise InputError(f"{where} noise: negative noise {fields[index['noise']]} (must be >= 0)")
             noise.append(n_value)
         ell.append(ell_int)
         cl.append(c_value)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .backends import get_backend
 from .config import RunConfig
+from .errors import NonFiniteError
 from .turbulence import make_modes
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Realisation",
     "simulate_realisation",
     "simulate_realisations",
+    "check_finite",
     "batch_size",
 ]
 
@@ -37,12 +39,13 @@ def pixel_directions(nside: int) -> np.ndarray:
 
 
 def snapshot_schedule(t_min: float, t_max: float, n_snapshots: int, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Log-spaced snapshot times, rounded to whole steps.
+    """Log-spaced snapshot times on whole steps, the last one at ``t_max``.
 
     Parameters
     ----------
     t_min, t_max : float
-        First and last snapshot, ``Omega * T``.
+        First and last snapshot, ``Omega * T``; ``t_max`` is a whole number of steps
+        (checked by :mod:`crsky.config`).
     n_snapshots : int
         Number of snapshots (``1`` gives ``t_max`` alone).
     dt : float
@@ -51,18 +54,36 @@ def snapshot_schedule(t_min: float, t_max: float, n_snapshots: int, dt: float) -
     Returns
     -------
     steps : numpy.ndarray of int64
-        Strictly increasing step counts (at least 1); where rounding would repeat a
-        count the later snapshot moves up by whole steps.
+        Strictly increasing step counts from the step nearest ``t_min`` (at least 1)
+        to ``round(t_max / dt)``. Each snapshot is rounded to its nearest step; where
+        that repeats a count, the later snapshot moves up by whole steps, and where
+        this would pass ``t_max`` the earlier ones move down instead.
     times : numpy.ndarray of float64
         The actual snapshot times ``steps * dt`` (``Omega * T``).
+
+    Raises
+    ------
+    ValueError
+        If ``n_snapshots`` distinct steps do not fit between ``t_min`` and ``t_max``
+        (the configuration refuses such a schedule up front).
     """
+    last = int(round(t_max / dt))
     if n_snapshots == 1:
         targets = np.array([t_max])
     else:
         targets = np.geomspace(t_min, t_max, n_snapshots)
     steps = np.maximum(np.rint(targets / dt).astype(np.int64), 1)
+    first = int(steps[0])
     for j in range(1, len(steps)):
         steps[j] = max(steps[j], steps[j - 1] + 1)
+    steps[-1] = min(steps[-1], last)
+    for j in range(len(steps) - 2, -1, -1):
+        steps[j] = min(steps[j], steps[j + 1] - 1)
+    if steps[0] < first or steps[-1] != last:
+        raise ValueError(
+            f"{n_snapshots} snapshots do not fit on distinct steps of dt = {dt} between t_min = {t_min} "
+            f"and t_max = {t_max}"
+        )
     return steps, steps * dt
 
 
@@ -172,6 +193,14 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
     steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
     directions = pixel_directions(config.particles.nside)
     modes = [make_modes(config.turbulence, config.ensemble.seed, j) for j in indices]
+    for j, m in zip(indices, modes):
+        if not np.isfinite(m).all():
+            raise NonFiniteError(
+                f"realisation {j}: the field modes are not finite (wavenumbers or amplitudes out of the "
+                f"range of float64); check [turbulence] sigma2 = {config.turbulence.sigma2!r}, "
+                f"gamma = {config.turbulence.gamma!r}, lambda_min = {config.turbulence.lambda_min!r}, "
+                f"lambda_max = {config.turbulence.lambda_max!r}"
+            )
     sign = -config.charge_sign  # backtracking: the opposite charge, forward in time
     start = time.perf_counter()
     if backend == "cuda":
@@ -181,11 +210,34 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
             np.stack(modes), sign, integ.dt, config.particles.rl, steps, precision=integ.precision,
         )
         seconds = (time.perf_counter() - start) / n
-        return [Realisation(j, times, x[k], -u[k], seconds, backend) for k, j in enumerate(indices)]
-    out = []
-    for j, m in zip(indices, modes):
-        start = time.perf_counter()
-        x, p = backtrack(directions, m, config.particles.rl, integ.dt, steps,
-                         charge_sign=config.charge_sign, backend=backend, precision=integ.precision)
-        out.append(Realisation(j, times, x, p, time.perf_counter() - start, backend))
+        out = [Realisation(j, times, x[k], -u[k], seconds, backend) for k, j in enumerate(indices)]
+    else:
+        out = []
+        for j, m in zip(indices, modes):
+            start = time.perf_counter()
+            x, p = backtrack(directions, m, config.particles.rl, integ.dt, steps,
+                             charge_sign=config.charge_sign, backend=backend, precision=integ.precision)
+            out.append(Realisation(j, times, x, p, time.perf_counter() - start, backend))
+    for result in out:
+        check_finite(result, config)
     return out
+
+
+def check_finite(result: Realisation, config: RunConfig) -> None:
+    """Raise :class:`~crsky.errors.NonFiniteError` if ``x`` or ``p`` of a realisation
+    holds NaN or infinity (one pass over the arrays, small next to the integration).
+
+    The message names the realisation, the first snapshot affected and how many
+    particles, and the inputs that usually cause it.
+    """
+    bad = ~(np.isfinite(result.x).all(axis=2) & np.isfinite(result.p).all(axis=2))  # (m, npix)
+    if not bad.any():
+        return
+    first = int(np.argmax(bad.any(axis=1)))
+    t, p, i = config.turbulence, config.particles, config.integration
+    raise NonFiniteError(
+        f"realisation {result.index}: {int(bad[first].sum())} of {bad.shape[1]} particles have non-finite "
+        f"positions or momenta from t Omega = {result.t_omega[first]:g} on (likely an overflow: check "
+        f"[turbulence] sigma2 = {t.sigma2!r}, lambda_min = {t.lambda_min!r}, [particles] rl = {p.rl!r}, "
+        f"[integration] dt = {i.dt!r}); nothing of it was written"
+    )

@@ -7,6 +7,7 @@ times are quoted as ``t * Omega`` with ``Omega = c / r_L``.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .errors import InputError
 
@@ -28,12 +29,31 @@ def gyroradius_pc(energy_tev: float, charge: int, b0_microgauss: float) -> float
         Charge number Z (only ``|Z|`` enters).
     b0_microgauss : float
         Regular field strength in microgauss.
+
+    Raises
+    ------
+    InputError
+        If ``charge`` is not a non-zero integer or an energy or field is not a finite
+        number > 0.
     """
+    if isinstance(charge, bool) or not isinstance(charge, numbers.Integral) or charge == 0:
+        raise InputError(f"charge = {charge!r}: must be a non-zero integer (charge number Z)")
+    _positive("energy_tev", energy_tev)
+    _positive("b0_microgauss", b0_microgauss)
     return RL_PC_PER_TEV_PER_MICROGAUSS * energy_tev / (abs(charge) * b0_microgauss)
 
 
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise InputError(f"{name} = {value!r}: must be a finite number > 0")
+
+
 def gyroradius_lc(energy_tev: float, charge: int, b0_microgauss: float, lc_pc: float) -> float:
-    """Gyroradius in units of the bend-over scale, ``r_L / L_c`` (dimensionless)."""
+    """Gyroradius in units of the bend-over scale, ``r_L / L_c`` (dimensionless).
+
+    ``lc_pc`` is ``L_c`` in parsec; the other arguments as in :func:`gyroradius_pc`.
+    """
+    _positive("lc_pc", lc_pc)
     return gyroradius_pc(energy_tev, charge, b0_microgauss) / lc_pc
 
 
