@@ -272,3 +272,47 @@ def test_read_observed_binary(tmp_path):
     path.write_bytes(b"\xff\xfe\x00\x81garbage")
     with pytest.raises(ValueError, match="not a UTF-8 text file"):
         read_observed(path)
+
+
+# ---------------------------------------------------------------------------------
+# Fig. 3: the curve drawn as the fit is the stored fit
+# ---------------------------------------------------------------------------------
+def test_fig3_fit_line_is_the_stored_fit(run):
+    """The crimson 'fit' lines of Fig. 3 are the analysis' fit_curve, point for point,
+    and that curve is fit_norm times eq. 4.7 at p_fit, with the normalisation of the fit
+    itself (fit_p re-run on the stored C_hat_l and errors gives the same p and A).
+
+    ``fit_nsigma = 0`` so that the tiny run has a fit (parallel: l = 2..5)."""
+    from crsky.analysis import analyze_run
+    from crsky.bgk import bgk_ratio, fit_p
+
+    run_dir, _, _ = run
+    ds = analyze_run(run_dir, fit_nsigma=0.0)
+    d = ds.sel(gradient="parallel")
+    p_fit, amp = float(d["p_fit"]), float(d["fit_norm"])
+    lo, hi = int(d["fit_lmin"]), int(d["fit_lmax"])
+    assert 0 < p_fit < 1 and hi >= 4, "the fixture must have a fit"
+    curve = np.asarray(d["fit_curve"].values)
+    lmax = ds.sizes["ell"] - 1
+    # the stored curve is the fitted one: same p and A as fit_p on the stored inputs (the
+    # fit is deterministic: equality up to the minimiser's rounding, 1e-12)
+    cl_hat, err = d["cl_hat"].values[-1], d["cl_err"].values[-1]
+    ells = np.arange(lo, hi + 1)
+    refit = fit_p(ells, cl_hat[ells] / cl_hat[1], err[ells] / cl_hat[1], lmin=lo, lmax=hi)
+    assert refit.p == pytest.approx(p_fit, rel=1e-12) and refit.norm == pytest.approx(amp, rel=1e-12)
+    np.testing.assert_array_equal(curve[1:], amp * bgk_ratio(p_fit, lmax))
+    assert math.isnan(curve[0])
+
+    plots._use_agg()
+    fig = plots.plot_spectrum_shape(ds)
+    fig.canvas.draw()
+    ax = fig.axes[0]  # the parallel panel
+    lines = [line for line in ax.get_lines() if line.get_gid() == "bgk_fit"]
+    assert len(lines) == 2  # the whole curve and the thick fitted range
+    for line in lines:
+        x = np.asarray(line.get_xdata(), dtype=int)
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert x.size > 0
+        np.testing.assert_array_equal(y, curve[x])  # exactly the stored curve
+    thick = max(lines, key=lambda line: line.get_linewidth())
+    assert set(np.asarray(thick.get_xdata(), dtype=int)) == set(range(lo, hi + 1))

@@ -695,6 +695,12 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
     fits_rel = [_fit_bgk(cl_relative[g, -1] - noise[g, -1], noise_err[g, -1], fit_nsigma, cl_err[g, -1],
                          free_norm=False) for g in range(len(names))]
     fit_status = "; ".join(f"{n}: {f['status']}" for n, f in zip(names, fits))
+    fit_curve = np.full((len(names), lmax + 1), np.nan)
+    for g, f in enumerate(fits):
+        if math.isfinite(f["p"]):
+            from .bgk import bgk_ratio
+
+            fit_curve[g, 1:] = f["norm"] * bgk_ratio(f["p"], lmax)
 
     dims_gt = ("gradient", "time")
     dims_gtl = ("gradient", "time", "ell")
@@ -776,6 +782,10 @@ def _finalise(summaries, map_sum, t_omega, T, grads, K, lmax, npix, nside, confi
                            "fitted to the relative part (cl_relative - N) at the last snapshot", "units": "1"}),
         "p_err_relative": ("gradient", np.array([f["p_err"] for f in fits_rel]), {"long_name": "1-sigma error of "
                            "p_fit_relative", "units": "1"}),
+        "fit_norm": ("gradient", np.array([f["norm"] for f in fits]), {"long_name": "normalisation A of the BGK "
+                     "fit A C_l/C_1 (free in the fit)", "units": "1"}),
+        "fit_curve": (("gradient", "ell"), fit_curve, {"long_name": "the fitted curve A C_l/C_1 (eq. 4.7 with p_fit), "
+                      "in units of C_hat_1 at the last snapshot; NaN at l = 0 and without a fit", "units": "1"}),
         "fit_chi2_dof": ("gradient", np.array([f["chi2_dof"] for f in fits]), {"long_name": "chi^2 per degree "
                          "of freedom of the BGK fit", "units": "1"}),
         "fit_lmin": ("gradient", np.array([f["lmin"] for f in fits], dtype=np.int64),
@@ -838,7 +848,8 @@ def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: 
     the error of ``C_hat_1`` is then neglected).
     """
     sigma = noise_sigma if sigma is None or not np.all(np.isfinite(sigma[1:])) else sigma
-    nan = {"p": np.nan, "p_err": np.nan, "p_lo": np.nan, "p_hi": np.nan, "chi2_dof": np.nan, "lmin": -1, "lmax": -1}
+    nan = {"p": np.nan, "p_err": np.nan, "p_lo": np.nan, "p_hi": np.nan, "chi2_dof": np.nan, "norm": np.nan,
+           "lmin": -1, "lmax": -1}
     if cl_hat.size < 5 or not cl_hat[1] > 0:
         return {**nan, "status": "no fit (C_hat_1 <= 0 or lmax < 4)"}
     lmax_fit = fit_range(cl_hat, noise_sigma, nsigma)
@@ -859,7 +870,7 @@ def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: 
         warnings.warn(f"BGK fit failed: {exc}", RuntimeWarning, stacklevel=3)
         return {**nan, "lmin": 2, "lmax": lmax_fit, "status": f"fit failed: {exc}"}
     return {"p": float(fit.p), "p_err": float(fit.p_err), "p_lo": float(fit.p_lo), "p_hi": float(fit.p_hi),
-            "chi2_dof": float(fit.chi2_dof), "lmin": int(fit.ell_min), "lmax": int(fit.ell_max),
+            "chi2_dof": float(fit.chi2_dof), "norm": float(fit.norm), "lmin": int(fit.ell_min), "lmax": int(fit.ell_max),
             "status": f"fitted l = {int(fit.ell_min)}..{int(fit.ell_max)}, chi2/dof = {float(fit.chi2_dof):.3g}"
                       + (" (p at the boundary of (0, 1))" if getattr(fit, "at_boundary", False) else "")}
 

@@ -80,7 +80,8 @@ _EXTRA_STYLES = ("--", "-.", (0, (5, 1, 1, 1, 1, 1)))
 _TIME_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # early, middle, late
 _BGK_STYLES = {1.0 / 3.0: ":", 0.5: "-", 2.0 / 3.0: "--"}
 _NEEDED = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
-           "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err")
+           "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err",
+           "p_lo", "p_hi", "fit_lmin", "fit_lmax", "fit_norm", "fit_curve")
 
 
 # ---------------------------------------------------------------------------------
@@ -510,7 +511,7 @@ def plot_spectrum_shape(ds, times=None):
                                   label=f"BGK eq. 4.7, p = {_frac(p)}"))
         p_fit = float(d["p_fit"].values)
         if math.isfinite(p_fit) and 0 < p_fit <= 1:
-            handles.append(_draw_fit(ax, d, t, lmax, l_curve, cl_hat[-1], nerr[-1]))
+            handles.append(_draw_fit(ax, d, t, lmax, l_curve))
         else:
             handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
                                   + _fit_status(ds, name)))
@@ -544,39 +545,13 @@ def _fit_status(ds, name: str) -> str:
     return "\n".join(textwrap.wrap(status.replace("l >=", "$\\ell \\geq$"), 44))
 
 
-def _fit_norm(d, lmax: int, cl_hat_last, nerr_last) -> float:
-    """Normalisation ``A`` of the BGK fit (``A C_l/C_1`` with the fitted ``p``).
+def _draw_fit(ax, d, t, lmax: int, l_curve):
+    """The stored BGK fit curve (thick over the fit range), its 1-sigma band; the legend handle.
 
-    The analysis fits with a free normalisation (:func:`crsky.bgk.fit_p`); when it does
-    not store ``A`` (variable ``fit_norm``), ``A`` is recomputed exactly as ``fit_p``
-    profiles it, ``A = sum w r R / sum w R^2`` over the fit range with
-    ``w = (C_hat_1 / sigma_N(l))^2`` (the errors the analysis fits with).
+    The line is the analysis' ``fit_curve`` itself (``fit_norm`` times eq. 4.7 with
+    ``p_fit``), so the figure shows exactly the fitted curve; both lines carry the gid
+    ``"bgk_fit"``.
     """
-    from .bgk import bgk_ratio
-
-    if "fit_norm" in d:
-        value = float(d["fit_norm"].values)
-        if math.isfinite(value) and value > 0:
-            return value
-    p = float(d["p_fit"].values)
-    lo = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
-    hi = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
-    c1 = float(cl_hat_last[1])
-    if lo < 1 or hi < lo or not c1 > 0:
-        return 1.0
-    ells = np.arange(lo, hi + 1)
-    r = np.asarray(cl_hat_last, dtype=float)[ells] / c1
-    sig = np.asarray(nerr_last, dtype=float)[ells] / c1
-    R = bgk_ratio(min(p, 1.0 - 1e-9), hi)[ells - 1]
-    w = np.where(sig > 0, 1.0 / np.where(sig > 0, sig, 1.0) ** 2, 0.0)
-    if not np.any(w > 0):
-        w = np.ones_like(r)
-    den = float(np.sum(w * R * R))
-    return float(np.sum(w * r * R) / den) if den > 0 else 1.0
-
-
-def _draw_fit(ax, d, t, lmax: int, l_curve, cl_hat_last, nerr_last):
-    """The fitted BGK curve (thick over the fit range), its 1-sigma band; the legend handle."""
     from matplotlib.lines import Line2D
 
     from .bgk import bgk_ratio
@@ -586,15 +561,16 @@ def _draw_fit(ax, d, t, lmax: int, l_curve, cl_hat_last, nerr_last):
 
     p_fit = float(d["p_fit"].values)
     p_err = float(d["p_err"].values)
-    amp = _fit_norm(d, lmax, cl_hat_last, nerr_last)
-    lo_fit = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
-    hi_fit = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
-    ax.plot(l_curve, amp * ratio(p_fit), color="crimson", lw=1.2, ls="-", zorder=2.5, alpha=0.8)
+    amp = float(d["fit_norm"].values)
+    curve = np.asarray(d["fit_curve"].values, dtype=float)[l_curve]
+    lo_fit = int(d["fit_lmin"].values)
+    hi_fit = int(d["fit_lmax"].values)
+    ax.plot(l_curve, curve, color="crimson", lw=1.2, ls="-", zorder=2.5, alpha=0.8, gid="bgk_fit")
     inside = (l_curve >= lo_fit) & (l_curve <= hi_fit)
-    ax.plot(l_curve[inside], amp * ratio(p_fit)[inside], color="crimson", lw=3.0, zorder=2.6, alpha=0.8,
-            solid_capstyle="butt")
-    lo_p = float(d["p_lo"].values) if "p_lo" in d else p_fit - p_err
-    hi_p = float(d["p_hi"].values) if "p_hi" in d else p_fit + p_err
+    ax.plot(l_curve[inside], curve[inside], color="crimson", lw=3.0, zorder=2.6, alpha=0.8,
+            solid_capstyle="butt", gid="bgk_fit")
+    lo_p = float(d["p_lo"].values)
+    hi_p = float(d["p_hi"].values)
     if math.isfinite(lo_p) and math.isfinite(hi_p) and hi_p > lo_p:
         ax.fill_between(l_curve, amp * ratio(lo_p), amp * ratio(hi_p), color="crimson", alpha=0.15, lw=0,
                         zorder=1.5)
