@@ -1,8 +1,10 @@
-r"""Figures of a run (``crsky plot RUN_DIR [--observed FILE.csv]``; SPEC sections 4-6).
+r"""Figures of a run (``crsky plot RUN_DIR [--observed FILE.csv]``).
 
-Everything is drawn from the analysis file ``RUN_DIR/analysis.nc`` (computed with
-:func:`crsky.analysis.analyze` when it is missing or older than the run), except the
-sky maps, which need the trajectories of one realisation from the run store.
+Everything is drawn from the analysis file ``RUN_DIR/analysis.nc`` alone, which must be
+the current analysis of the run (:func:`crsky.analysis.load_current_analysis`; run
+``crsky analyze RUN_DIR`` first). Nothing here recomputes or rewrites the analysis: the
+BGK fit is drawn from its stored curve (``fit_curve``), the sky maps from the stored
+maps of one realisation (``skymap``).
 
 Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
 
@@ -16,7 +18,8 @@ Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
     (4.7) for ``p = 1/3, 1/2, 2/3`` and the fitted ``p``, the noise band; one panel per
     gradient.
 ``skymaps_<gradient>``
-    Mollweide maps of ``dI`` of one realisation at three times, in *arrival* directions
+    Mollweide maps of ``dI`` of one realisation at three times (stored by the
+    analysis), in *arrival* directions
     ``-p_i`` (pixels remapped to their antipodes), monopole removed (top row) and
     monopole and dipole removed (bottom row).
 ``diffusion_coefficients``
@@ -37,25 +40,26 @@ Agg canvas, so nothing opens a window and a notebook's backend is left alone.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
 import sys
 import textwrap
-import uuid
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from .analysis.dataset import load_current_analysis, nearest_log_indices, select_map_times
 from .errors import InputError
+from .store import atomic_write_bytes
 
 __all__ = [
     "FIGURES_DIR",
     "STEADY_STATE_T_OMEGA",
     "BGK_REFERENCE_P",
     "make_figures",
-    "load_or_analyze",
     "select_times",
     "select_map_times",
     "plot_spectrum_evolution",
@@ -79,10 +83,6 @@ _GRADIENT_STYLES = {"parallel": "-", "perpendicular": ":"}
 _EXTRA_STYLES = ("--", "-.", (0, (5, 1, 1, 1, 1, 1)))
 _TIME_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # early, middle, late
 _BGK_STYLES = {1.0 / 3.0: ":", 0.5: "-", 2.0 / 3.0: "--"}
-_NEEDED = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
-           "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err",
-           "p_lo", "p_hi", "fit_lmin", "fit_lmax", "fit_norm", "fit_curve")
-
 
 # ---------------------------------------------------------------------------------
 # Matplotlib plumbing
@@ -107,8 +107,9 @@ def _new_figure(width: float, height: float):
 def save_figure(fig, directory, stem: str, formats=("png", "pdf"), dpi: int = _DPI) -> list[Path]:
     """Write ``fig`` as ``directory/stem.<fmt>`` for each format, each atomically.
 
-    Each file is written under a temporary name in ``directory`` and renamed into
-    place, so a reader never sees a half-written figure. The PNG has exactly
+    Each figure is rendered in memory and written with the store's atomic writer
+    (:func:`crsky.store.atomic_write_bytes`), so a reader never sees a half-written
+    figure. The PNG has exactly
     ``figsize * dpi`` pixels (no tight bounding box).
 
     Returns
@@ -121,15 +122,9 @@ def save_figure(fig, directory, stem: str, formats=("png", "pdf"), dpi: int = _D
     out = []
     for fmt in formats:
         target = directory / f"{stem}.{fmt}"
-        # a unique temporary name, created with the umask's permissions (unlike mkstemp)
-        tmp = directory / f".{stem}.{fmt}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+        atomic_write_bytes(target, buffer.getvalue())
         out.append(target)
     return out
 
@@ -146,43 +141,6 @@ def _metadata(fmt: str) -> dict:
 # ---------------------------------------------------------------------------------
 # Data access
 # ---------------------------------------------------------------------------------
-def load_or_analyze(run_dir):
-    """The analysis Dataset of a run, (re)computed when missing or out of date.
-
-    ``RUN_DIR/analysis.nc`` is recomputed with :func:`crsky.analysis.analyze` (which
-    also rewrites ``summary.json``) when it does not exist, cannot be read, lacks a
-    variable the figures need, belongs to another configuration, or covers other
-    realisations than the run now holds (a resumed run).
-
-    Raises
-    ------
-    crsky.store.RunDirError
-        ``run_dir`` is not a run directory or holds no completed realisation.
-    """
-    from .analysis import ANALYSIS_FILE, analyze, load_analysis
-    from .store import RunStore
-
-    store = RunStore.existing(run_dir)
-    path = Path(run_dir) / ANALYSIS_FILE
-    if path.is_file():
-        try:
-            ds = load_analysis(path)
-        except Exception:  # noqa: BLE001 - unreadable: recompute
-            ds = None
-        if ds is not None and _analysis_current(ds, store):
-            return ds
-    ds, _ = analyze(run_dir)
-    return ds
-
-
-def _analysis_current(ds, store) -> bool:
-    if any(name not in ds for name in _NEEDED):
-        return False
-    if ds.attrs.get("config_sha256") not in (None, store.config().digest()):
-        return False
-    return sorted(int(r) for r in ds["realisation"].values) == store.completed()
-
-
 def _config(ds) -> dict:
     try:
         return json.loads(ds.attrs.get("config", "{}"))
@@ -206,7 +164,12 @@ def _run_label(ds) -> str:
     nside = ds.attrs.get("nside")
     if nside is not None:
         parts.append(f"nside {int(nside)} ({int(ds.attrs.get('npix', 12 * int(nside) ** 2))} CRs/map)")
-    parts.append(f"{int(ds.sizes['realisation'])} realisations")
+    used = int(ds.sizes["realisation"])
+    expected = ds.attrs.get("n_realisations_expected", used)
+    if ds.attrs.get("complete", 1):
+        parts.append(f"{used} realisations")
+    else:
+        parts.append(f"PARTIAL ENSEMBLE: {used} of {int(expected)} realisations")
     return ", ".join(parts)
 
 
@@ -279,26 +242,7 @@ def select_times(t_omega, n: int = 3, t_steady: float = STEADY_STATE_T_OMEGA) ->
         hi = t[-1]
         lo = max(t[0], hi / 100.0)
         steady = bool(late.size == t.size)
-    return _nearest_log(t, pool, np.geomspace(lo, hi, n) if n > 1 else np.array([hi])), steady
-
-
-def select_map_times(t_omega, n: int = 3) -> np.ndarray:
-    """Indices of ``n`` snapshots for the sky maps: log-spaced from ``t Omega ~ 1`` to the end."""
-    t = np.asarray(t_omega, dtype=float)
-    lo = min(max(t[0], 1.0), t[-1])
-    return _nearest_log(t, np.arange(t.size), np.geomspace(lo, t[-1], n) if n > 1 else np.array([t[-1]]))
-
-
-def _nearest_log(t, pool, targets) -> np.ndarray:
-    chosen: list[int] = []
-    available = list(pool)
-    for target in targets[::-1]:  # the last target first: it must be the last snapshot
-        if not available:
-            break
-        k = min(available, key=lambda i: abs(math.log(t[i] / target)))
-        chosen.append(int(k))
-        available.remove(k)
-    return np.array(sorted(chosen), dtype=int)
+    return nearest_log_indices(t, pool, np.geomspace(lo, hi, n) if n > 1 else np.array([hi])), steady
 
 
 # ---------------------------------------------------------------------------------
@@ -602,7 +546,7 @@ def arrival_map(values) -> np.ndarray:
     """Remap a HEALPix map (RING) from momentum directions ``p_i`` to arrival directions ``-p_i``.
 
     Pixel ``i`` of the input belongs to the particle with momentum direction ``p_i``
-    (SPEC section 1); it arrives from ``-p_i``, the centre of the antipodal pixel
+    (docs/conventions.md); it arrives from ``-p_i``, the centre of the antipodal pixel
     (the HEALPix grid is symmetric under ``n -> -n``, so this is an exact permutation).
 
     Returns
@@ -621,30 +565,25 @@ def arrival_map(values) -> np.ndarray:
     return out
 
 
-def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | None = None, times=None):
+def plot_sky_maps(ds, gradient: str | None = None):
     """Mollweide maps of ``dI`` of one realisation at three times, in arrival directions.
 
-    ``dI_i = [x_i(-T) - 3 K p_i(-T)] . g`` with the ``K`` and ``g`` of the analysis
-    (``K_map``, ``gradient_vector``), remapped with :func:`arrival_map` so that each
-    point of the sky shows the intensity arriving *from* that direction. Coordinates:
-    the simulation frame, ``B0`` along ``+z`` at the north pole, ``+x`` at the centre
-    (longitude 0), longitude increasing to the left (astronomical convention, as
-    ``healpy.mollview``). Top row: ``dI`` minus its sky mean; bottom row: monopole and
-    dipole removed (``healpy.remove_dipole``), the small-scale structure. Each panel has
-    its own symmetric colour scale.
+    The maps are the analysis' ``skymap``: ``dI_i = [x_i(-T) - 3 K p_i(-T)] . g`` of
+    realisation ``skymap_realisation`` at the snapshots ``map_t_omega``, with the
+    ``K_map`` and ``g`` of the analysis. Each is remapped with :func:`arrival_map` so
+    that each point of the sky shows the intensity arriving *from* that direction.
+    Coordinates: the simulation frame, ``B0`` along ``+z`` at the north pole, ``+x`` at
+    the centre (longitude 0), longitude increasing to the left (astronomical
+    convention, as ``healpy.mollview``). Top row: ``dI`` minus its sky mean; bottom
+    row: monopole and dipole removed (``healpy.remove_dipole``), the small-scale
+    structure. Each panel has its own symmetric colour scale.
 
     Parameters
     ----------
-    run_dir : path
-        The run directory (trajectories are read from its store).
     ds : xarray.Dataset
-        The analysis of that run.
+        An analysis.
     gradient : str, optional
         Gradient name; default ``"parallel"`` if present, else the first.
-    realisation : int, optional
-        Realisation index; default the first in the analysis.
-    times : sequence of int, optional
-        Snapshot indices; default :func:`select_map_times`.
 
     Returns
     -------
@@ -652,31 +591,16 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
     """
     import healpy as hp
 
-    from .analysis import relative_intensity
-    from .store import RunStore
-
     names = _gradient_names(ds)
     if gradient is None:
         gradient = "parallel" if "parallel" in names else names[0]
     if gradient not in names:
         raise InputError(f"gradient {gradient!r} is not in the analysis (has {', '.join(names)})")
-    if realisation is None:
-        realisation = int(ds["realisation"].values[0])
-    t = np.asarray(ds["t_omega"].values, dtype=float)
-    times = select_map_times(t) if times is None else np.asarray(times, dtype=int)
-
-    store = RunStore.existing(run_dir)
-    if int(realisation) not in store.completed():
-        raise InputError(f"realisation {realisation} is not complete in {run_dir}")
-    r = store.read_realisation(int(realisation))
-    x = np.asarray(r["x"].values, dtype=float)
-    p = np.asarray(r["p"].values, dtype=float)
-    t_r = np.asarray(r["t_omega"].values, dtype=float)
-    if t_r.shape != t.shape or not np.allclose(t_r, t, rtol=1e-9):
-        raise InputError(f"realisation {realisation} has other snapshot times than the analysis; re-run analyze")
-    g = np.asarray(ds["gradient_vector"].sel(gradient=gradient).values, dtype=float)
-    K_map = np.asarray(ds["K_map"].values, dtype=float)
-    nside = hp.npix2nside(x.shape[1])
+    realisation = int(ds.attrs["skymap_realisation"])
+    t = np.asarray(ds["map_t_omega"].values, dtype=float)
+    maps = np.asarray(ds["skymap"].sel(gradient=gradient).values, dtype=float)  # (map_time, npix)
+    nside = hp.npix2nside(maps.shape[-1])
+    times = range(t.size)
 
     n = len(times)
     fig = _new_figure(4.3 * n + 0.3, 6.6)
@@ -684,8 +608,7 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
     vec2pix = partial(hp.vec2pix, nside)
     width = 0.96 / n
     for col, k in enumerate(times):
-        dI = relative_intensity(x[k], p[k], g, K_map[k])
-        sky = arrival_map(dI)
+        sky = arrival_map(maps[k])
         mean = float(sky.mean())
         rows = [
             (sky - mean, r"$\delta I - \langle\delta I\rangle_\mathrm{sky}$", f"sky mean {mean:+.3g} removed"),
@@ -945,21 +868,19 @@ def plot_observed(ds, observed, time=None):
 # ---------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------
-def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation: int | None = None) -> list[Path]:
+def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path]:
     """Write all figures of a run to ``RUN_DIR/figures/`` (PNG and PDF by default).
 
     Parameters
     ----------
     run_dir : path
-        A run directory; ``analysis.nc`` is computed if missing or out of date
-        (:func:`load_or_analyze`).
+        A run directory with its current analysis (``crsky analyze`` first; see
+        :func:`crsky.analysis.load_current_analysis`). Only ``analysis.nc`` is read.
     observed : path, ObservedSpectrum or sequence of them, optional
         Observed spectra (CSV, :func:`crsky.observed.read_observed`); adds
         ``observed_comparison``. Read and validated before anything is written.
     formats : sequence of str
         Matplotlib output formats.
-    realisation : int, optional
-        Realisation shown in the sky maps (default: the first).
 
     Returns
     -------
@@ -971,9 +892,12 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
     Raises
     ------
     ValueError
-        Bad observed file (one line naming it and the problem), unknown realisation.
+        Bad observed file (one line naming it and the problem).
     crsky.store.RunDirError
-        Not a run directory, or no completed realisation.
+        Not a run directory.
+    crsky.analysis.AnalysisNotCurrentError
+        No current analysis of the run (missing, of an older crsky, of other
+        realisations or another configuration): run ``crsky analyze RUN_DIR`` first.
     """
     from .observed import ObservedSpectrum, read_observed
 
@@ -982,7 +906,7 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
         items = [observed] if isinstance(observed, (str, os.PathLike, ObservedSpectrum)) else list(observed)
         obs_list = [o if isinstance(o, ObservedSpectrum) else read_observed(o) for o in items]
     _use_agg()
-    ds = load_or_analyze(run_dir)
+    ds = load_current_analysis(run_dir)
     out_dir = Path(run_dir) / FIGURES_DIR
     written: list[Path] = []
 
@@ -997,7 +921,7 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
         emit(plot_spectrum_shape(ds), "fig3_spectrum_shape")
         names = _gradient_names(ds)
         gname = "parallel" if "parallel" in names else names[0]
-        emit(plot_sky_maps(run_dir, ds, gradient=gname, realisation=realisation), f"skymaps_{gname}")
+        emit(plot_sky_maps(ds, gradient=gname), f"skymaps_{gname}")
         emit(plot_diffusion(ds), "diffusion_coefficients")
         if obs_list:
             emit(plot_observed(ds, obs_list), "observed_comparison")
