@@ -384,10 +384,6 @@ def plot_spectrum_shape(ds, times=None):
         Open diamonds: the relative part ``cl_relative - N`` (normalised at its own
         ``l = 1``) at the earliest snapshot shown, where the analysis has it.
     """
-    from matplotlib.lines import Line2D
-
-    from .bgk import bgk_ratio
-
     t = np.asarray(ds["t_omega"].values, dtype=float)
     if times is None:
         times, steady = select_times(t)
@@ -396,7 +392,6 @@ def plot_spectrum_shape(ds, times=None):
         steady = bool(np.all(t[times] >= STEADY_STATE_T_OMEGA))
     names = _gradient_names(ds)
     lmax = int(ds.sizes["ell"]) - 1
-    ell = np.arange(1, lmax + 1)
     fig = _new_figure(6.0 * len(names) + 0.4, 6.8)
     axes = [fig.add_axes([0.07 + k * (0.92 / len(names)), 0.285, 0.92 / len(names) - 0.085, 0.59])
             for k in range(len(names))]
@@ -404,80 +399,103 @@ def plot_spectrum_shape(ds, times=None):
     l_curve = np.unique(np.geomspace(1, max(lmax, 2), 400).round().astype(int))
     l_curve = l_curve[l_curve <= lmax]
     for ax, name in zip(axes, names):
-        d = ds.sel(gradient=name)
-        cl_hat = np.asarray(d["cl_hat"].values, dtype=float)
-        cl_err = np.asarray(d["cl_err"].values, dtype=float)
-        nerr = np.asarray(d["noise_err"].values, dtype=float)
-        handles = []
-        shown_max, shown_min = 1.0, 1.0
-        for n_t, (colour, k) in enumerate(zip(colours, times)):
-            shift = 1.0 + 0.035 * (n_t - (len(times) - 1) / 2.0)  # side by side, not on top
-            c1 = cl_hat[k, 1]
-            label = rf"$t\Omega$ = {t[k]:.3g}"
-            if not c1 > 0:
-                handles.append(Line2D([], [], color=colour, marker="o", ls="none",
-                                      label=label + r": $\hat C_1 \leq 0$, not shown"))
-                continue
-            ratio = cl_hat[k, 1:] / c1
-            rerr = cl_err[k, 1:] / c1
-            band = nerr[k, 1:] / c1
-            pos = ratio > 0
-            if k == times[-1]:  # shade below the latest noise level, outline the others
-                floor = 1e-3 * np.nanmin(band[band > 0]) if np.any(band > 0) else 1e-12
-                ax.fill_between(ell, floor, band, step="mid", color="0.5", alpha=0.18, lw=0, zorder=0.5)
-            ax.step(ell, band, where="mid", color=colour, lw=0.8, alpha=0.9, zorder=1)
-            lo = np.minimum(rerr, ratio - np.maximum(ratio - rerr, 0.02 * ratio))
-            ax.errorbar(ell[pos] * shift, ratio[pos], yerr=[lo[pos], rerr[pos]], fmt="o", ms=4, color=colour,
-                        mfc=colour, capsize=0, lw=1.0, zorder=3)
-            n_neg = int(np.sum(~pos))
-            if n_neg:
-                label += f" ({n_neg} $\\ell$ with $\\hat C_\\ell \\leq 0$ not shown)"
-            handles.append(Line2D([], [], color=colour, marker="o", ls="-", lw=1.0, ms=4, label=label))
-            if np.any(pos):
-                shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
-                shown_min = min(shown_min, float(np.min(ratio[pos])))
-        if "cl_relative" in d and len(times):
-            # The relative part (spectrum of dI - E[dI]) at the earliest time shown, where
-            # the noise is lowest: what the ansatz's v_r(x) describes (docs/validation.md 5.1).
-            k = times[0]
-            rel = np.asarray(d["cl_relative"].values[k], dtype=float) - float(d["noise"].values[k])
-            if rel[1] > 0:
-                r_rel = rel[1:] / rel[1]
-                ok = r_rel > 0
-                ax.plot(ell[ok] * 1.0, r_rel[ok], ls="none", marker="D", ms=5, mfc="none", mec="0.1", mew=0.9,
-                        zorder=3.5)
-                handles.append(Line2D([], [], ls="none", marker="D", ms=5, mfc="none", mec="0.1",
-                                      label=rf"relative part only ($dI - E[dI]$), $t\Omega$ = {t[k]:.3g}"))
-                shown_min = min(shown_min, float(np.min(r_rel[ok])))
-        for p in BGK_REFERENCE_P:
-            ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
-            handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
-                                  label=f"BGK eq. 4.7, p = {_frac(p)}"))
-        p_fit = float(d["p_fit"].values)
-        if math.isfinite(p_fit) and 0 < p_fit <= 1:
-            handles.append(_draw_fit(ax, d, t, lmax, l_curve))
-        else:
-            handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
-                                  + _fit_status(ds, name)))
-        handles.append(Line2D([], [], color="0.3", lw=0.8, drawstyle="steps-mid",
-                              label=r"thin steps: noise $\sigma_\mathcal{N}(\ell)/\hat C_1$ (1$\sigma$) per time"))
-        handles.append(_band_handle(r"below the noise level of the latest time"))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(0.85, lmax * 1.15)
-        bottom = max(min(shown_min, float(bgk_ratio(BGK_REFERENCE_P[0], lmax)[-1])) / 3.0, 1e-8)
-        ax.set_ylim(bottom, shown_max * 2.0)
-        ax.set_xlabel(r"multipole $\ell$")
-        ax.set_ylabel(r"$\hat C_\ell / \hat C_1$,   $\hat C_\ell = \langle C_\ell\rangle - \mathcal{N}$")
-        ax.set_title(_gradient_text(ds, name), fontsize=10)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7.5,
-                  frameon=False)
+        _shape_panel(ax, ds, name, times, colours, l_curve)
     state = ("snapshots in the steady state" if steady else
              rf"no three snapshots past $t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state not reached")
     fig.suptitle("Shape of the angular power spectrum (cf. Mertsch & Ahlers 2015, Fig. 3)", fontsize=11, y=0.99)
     fig.text(0.5, 0.94, f"{_run_label(ds)};  {state}", ha="center", fontsize=8.5, color="0.3")
     return fig
+
+
+def _shape_panel(ax, ds, name: str, times, colours, l_curve) -> None:
+    """One panel of Fig. 3 (one gradient): points, relative part, BGK curves, the fit."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    d = ds.sel(gradient=name)
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    lmax = int(ds.sizes["ell"]) - 1
+    ell = np.arange(1, lmax + 1)
+    handles = []
+    shown_min, shown_max = _shape_points(ax, d, t, times, colours, handles)
+    if "cl_relative" in d and len(times):
+        # The relative part (spectrum of dI - E[dI]) at the earliest time shown, where
+        # the noise is lowest: what the ansatz's v_r(x) describes (docs/validation.md 5.1).
+        k = times[0]
+        rel = np.asarray(d["cl_relative"].values[k], dtype=float) - float(d["noise"].values[k])
+        if rel[1] > 0:
+            r_rel = rel[1:] / rel[1]
+            ok = r_rel > 0
+            ax.plot(ell[ok] * 1.0, r_rel[ok], ls="none", marker="D", ms=5, mfc="none", mec="0.1", mew=0.9,
+                    zorder=3.5)
+            handles.append(Line2D([], [], ls="none", marker="D", ms=5, mfc="none", mec="0.1",
+                                  label=rf"relative part only ($dI - E[dI]$), $t\Omega$ = {t[k]:.3g}"))
+            shown_min = min(shown_min, float(np.min(r_rel[ok])))
+    for p in BGK_REFERENCE_P:
+        ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
+        handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
+                              label=f"BGK eq. 4.7, p = {_frac(p)}"))
+    p_fit = float(d["p_fit"].values)
+    if math.isfinite(p_fit) and 0 < p_fit <= 1:
+        handles.append(_draw_fit(ax, d, t, lmax, l_curve))
+    else:
+        handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
+                              + _fit_status(ds, name)))
+    handles.append(Line2D([], [], color="0.3", lw=0.8, drawstyle="steps-mid",
+                          label=r"thin steps: noise $\sigma_\mathcal{N}(\ell)/\hat C_1$ (1$\sigma$) per time"))
+    handles.append(_band_handle(r"below the noise level of the latest time"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.85, lmax * 1.15)
+    bottom = max(min(shown_min, float(bgk_ratio(BGK_REFERENCE_P[0], lmax)[-1])) / 3.0, 1e-8)
+    ax.set_ylim(bottom, shown_max * 2.0)
+    ax.set_xlabel(r"multipole $\ell$")
+    ax.set_ylabel(r"$\hat C_\ell / \hat C_1$,   $\hat C_\ell = \langle C_\ell\rangle - \mathcal{N}$")
+    ax.set_title(_gradient_text(ds, name), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7.5,
+              frameon=False)
+
+
+def _shape_points(ax, d, t, times, colours, handles) -> tuple[float, float]:
+    """``C_hat_l / C_hat_1`` with errors and the noise steps of each snapshot; appends
+    legend handles; returns the smallest and largest value shown."""
+    from matplotlib.lines import Line2D
+
+    lmax = int(d.sizes["ell"]) - 1
+    ell = np.arange(1, lmax + 1)
+    cl_hat = np.asarray(d["cl_hat"].values, dtype=float)
+    cl_err = np.asarray(d["cl_err"].values, dtype=float)
+    nerr = np.asarray(d["noise_err"].values, dtype=float)
+    shown_max, shown_min = 1.0, 1.0
+    for n_t, (colour, k) in enumerate(zip(colours, times)):
+        shift = 1.0 + 0.035 * (n_t - (len(times) - 1) / 2.0)  # side by side, not on top
+        c1 = cl_hat[k, 1]
+        label = rf"$t\Omega$ = {t[k]:.3g}"
+        if not c1 > 0:
+            handles.append(Line2D([], [], color=colour, marker="o", ls="none",
+                                  label=label + r": $\hat C_1 \leq 0$, not shown"))
+            continue
+        ratio = cl_hat[k, 1:] / c1
+        rerr = cl_err[k, 1:] / c1
+        band = nerr[k, 1:] / c1
+        pos = ratio > 0
+        if k == times[-1]:  # shade below the latest noise level, outline the others
+            floor = 1e-3 * np.nanmin(band[band > 0]) if np.any(band > 0) else 1e-12
+            ax.fill_between(ell, floor, band, step="mid", color="0.5", alpha=0.18, lw=0, zorder=0.5)
+        ax.step(ell, band, where="mid", color=colour, lw=0.8, alpha=0.9, zorder=1)
+        lo = np.minimum(rerr, ratio - np.maximum(ratio - rerr, 0.02 * ratio))
+        ax.errorbar(ell[pos] * shift, ratio[pos], yerr=[lo[pos], rerr[pos]], fmt="o", ms=4, color=colour,
+                    mfc=colour, capsize=0, lw=1.0, zorder=3)
+        n_neg = int(np.sum(~pos))
+        if n_neg:
+            label += f" ({n_neg} $\\ell$ with $\\hat C_\\ell \\leq 0$ not shown)"
+        handles.append(Line2D([], [], color=colour, marker="o", ls="-", lw=1.0, ms=4, label=label))
+        if np.any(pos):
+            shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
+            shown_min = min(shown_min, float(np.min(ratio[pos])))
+    return shown_min, shown_max
 
 
 def _fit_status(ds, name: str) -> str:
@@ -756,46 +774,10 @@ def _scale_to(model_ell, model, obs) -> float | None:
     return float(np.exp(np.sum(w * (np.log(o) - np.log(s))) / np.sum(w)))
 
 
-def plot_observed(ds, observed, time=None):
-    """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
-
-    The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
-    its absolute level is not a prediction for the sky. Each simulated curve is therefore
-    scaled by one amplitude ``A`` (:func:`_scale_to`: least squares in ``ln C_l`` with
-    the observed relative errors, over the multipoles both have), which absorbs
-    ``(|grad n / n| L_c)^2`` and the rest; the comparison is of the *shape*. Curves: the simulated ``C_hat_l`` of every gradient at
-    one snapshot (default the last), and the BGK spectrum for ``p = 1/2`` and the fitted
-    ``p`` scaled to the first observed spectrum over all its multipoles. Observed noise
-    levels (if the file has them) are dotted steps, as in the paper's Fig. 1.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        An analysis.
-    observed : ObservedSpectrum or sequence of them
-        From :func:`crsky.observed.read_observed`.
-    time : int, optional
-        Snapshot index of the simulated spectrum; default the last.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
+def _draw_observed(ax, obs_list) -> list:
+    """The measured spectra (and their noise levels); returns the legend handles."""
     from matplotlib.lines import Line2D
 
-    from .bgk import bgk_ratio
-    from .observed import ObservedSpectrum
-
-    obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
-    if not obs_list:
-        raise InputError("no observed spectrum given")
-    t = np.asarray(ds["t_omega"].values, dtype=float)
-    k = t.size - 1 if time is None else int(time)
-    lmax_sim = int(ds.sizes["ell"]) - 1
-    lmax_all = max(lmax_sim, max(int(o.ell.max()) for o in obs_list))
-
-    fig = _new_figure(9.0, 6.0)
-    ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
     handles = []
     markers = ("o", "s", "D", "^", "v")
     obs_colours = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
@@ -813,7 +795,16 @@ def plot_observed(ds, observed, time=None):
         if obs.noise is not None:
             ax.step(obs.ell, obs.noise, where="mid", color=colour, ls=":", lw=1.2)
             handles.append(Line2D([], [], color=colour, ls=":", lw=1.2, label=f"noise level {obs.label}"))
-    ref = obs_list[0]
+    return handles
+
+
+def _draw_simulated(ax, ds, k: int, ref) -> list:
+    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``; the handles."""
+    from matplotlib.lines import Line2D
+
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    lmax_sim = int(ds.sizes["ell"]) - 1
+    handles = []
     sim_colours = ("tab:blue", "tab:red", "tab:green", "tab:orange")
     ell_sim = np.arange(1, lmax_sim + 1)
     for j, name in enumerate(_gradient_names(ds)):
@@ -835,6 +826,16 @@ def plot_observed(ds, observed, time=None):
         handles.append(Line2D([], [], color=colour, marker="s", ms=3.5, ls="-", lw=0.8,
                               label=f"simulated $\\hat C_\\ell$, {short}\n"
                               f"$t\\Omega$ = {t[k]:.3g}, $\\times$ A = {amp:.2g}"))
+    return handles
+
+
+def _draw_scaled_bgk(ax, ds, ref, lmax_all: int) -> list:
+    """Eq. 4.7 for ``p = 1/2`` and the fitted ``p``, each scaled to ``ref``; the handles."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    handles = []
     l_curve = np.unique(np.geomspace(1, lmax_all, 400).round().astype(int))
     curves = [(0.5, "0.25", "-", "BGK p = 1/2")]
     p_fit = float(ds["p_fit"].values[0]) if "p_fit" in ds else float("nan")
@@ -847,6 +848,50 @@ def plot_observed(ds, observed, time=None):
             continue
         ax.plot(l_curve, amp * ratio[l_curve - 1], color=colour, ls=ls, lw=1.4, zorder=2)
         handles.append(Line2D([], [], color=colour, ls=ls, lw=1.4, label=f"{label},\n$\\times$ A = {amp:.2g}"))
+    return handles
+
+
+def plot_observed(ds, observed, time=None):
+    """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
+
+    The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
+    its absolute level is not a prediction for the sky. Each simulated curve is therefore
+    scaled by one amplitude ``A`` (:func:`_scale_to`: least squares in ``ln C_l`` with
+    the observed relative errors, over the multipoles both have), which absorbs
+    ``(|grad n / n| L_c)^2`` and the rest; the comparison is of the *shape*. Curves: the
+    simulated ``C_hat_l`` of every gradient at one snapshot (default the last), and the BGK spectrum for ``p = 1/2`` and the fitted
+    ``p`` scaled to the first observed spectrum over all its multipoles. Observed noise
+    levels (if the file has them) are dotted steps, as in the paper's Fig. 1.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An analysis.
+    observed : ObservedSpectrum or sequence of them
+        From :func:`crsky.observed.read_observed`.
+    time : int, optional
+        Snapshot index of the simulated spectrum; default the last.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .observed import ObservedSpectrum
+
+    obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
+    if not obs_list:
+        raise InputError("no observed spectrum given")
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    k = t.size - 1 if time is None else int(time)
+    lmax_sim = int(ds.sizes["ell"]) - 1
+    lmax_all = max(lmax_sim, max(int(o.ell.max()) for o in obs_list))
+
+    fig = _new_figure(9.0, 6.0)
+    ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
+    ref = obs_list[0]
+    handles = _draw_observed(ax, obs_list)
+    handles += _draw_simulated(ax, ds, k, ref)
+    handles += _draw_scaled_bgk(ax, ds, ref, lmax_all)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(0.8, lmax_all * 1.25)

@@ -421,7 +421,7 @@ def _fit_variables(e: Estimates) -> dict:
     }
 
 
-def _skymap_variables(e: Estimates, reduction: EnsembleReduction) -> dict:
+def _skymap_variables(e: Estimates) -> dict:
     return {
         "skymap": (("gradient", "map_time", "pixel"), e.skymaps, {
             "long_name": "dI = [x - 3 K_map p].g of one realisation (attribute skymap_realisation); pixel i is "
@@ -442,7 +442,7 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
     lmax = reduction.spectra.shape[2] - 1
     used, expected = int(reduction.indices.size), int(config.ensemble.realisations)
     data = {**_tensor_variables(e), **_spectrum_variables(e), **_sum_rule_variables(e), **_fit_variables(e),
-            **_skymap_variables(e, reduction)}
+            **_skymap_variables(e)}
     coords = {
         "gradient": ("gradient", np.array(e.names, dtype=object)),
         "t_omega": ("time", np.asarray(reduction.t_omega, dtype=np.float64), {"long_name": "Omega T", "units": "1"}),
