@@ -109,7 +109,7 @@ def test_plot_repairs_a_missing_summary(tmp_path, capsys):
     (run / an.SUMMARY_FILE).unlink()
     assert main(["plot", str(run)]) == 0
     err = capsys.readouterr().err
-    assert "rewrote it from analysis.nc" in err
+    assert "remade it from analysis.nc" in err
     assert json.loads((run / an.SUMMARY_FILE).read_text())["analysis_id"] == ds.attrs["analysis_id"]
 
 

@@ -73,8 +73,8 @@ def _cmd_plot(args) -> int:
     paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
     _, regenerated = read_summary(args.run_dir)
     if regenerated:
-        print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc; rewrote it from analysis.nc",
-              file=sys.stderr)
+        print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
+              "remade it from analysis.nc", file=sys.stderr)
     print(f"crsky plot: wrote {len(paths)} files to {args.run_dir}/figures/")
     return 0
 

@@ -149,7 +149,8 @@ def read_summary(run_dir, ds: xr.Dataset | None = None, *, repair: bool = True) 
 
     ``summary.json`` is used when it carries the ``analysis_id`` of ``analysis.nc``.
     When it is missing, unreadable or of another analysis, the summary is made from
-    ``analysis.nc`` (``ds``, loaded if not given) and, with ``repair``, written back.
+    ``analysis.nc`` (``ds``, loaded if not given) and, with ``repair``, written back
+    where the directory is writable.
 
     Returns
     -------
@@ -168,8 +169,12 @@ def read_summary(run_dir, ds: xr.Dataset | None = None, *, repair: bool = True) 
     stored = _stored_summary(run_dir / SUMMARY_FILE)
     if stored is not None and stored.get("analysis_id") == ds.attrs.get("analysis_id"):
         return stored, False
-    summary = write_summary(ds, run_dir) if repair else summary_dict(ds)
-    return summary, True
+    if repair:
+        try:
+            return write_summary(ds, run_dir), True
+        except OSError:  # a read-only (archived) run: the summary is still made from analysis.nc
+            pass
+    return summary_dict(ds), True
 
 
 def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: bool = False, **options):
