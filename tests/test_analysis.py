@@ -1,4 +1,4 @@
-"""Tests of crsky.analysis (SPEC section 4): spectra, diffusion tensors, noise, sum rules, files.
+"""Tests of crsky.analysis: spectra, diffusion tensors, noise, sum rules, files.
 
 Every tolerance is written next to its assertion with the reason for it. Seeds are fixed.
 """
@@ -18,8 +18,9 @@ from crsky.config import resolve_config
 from crsky.simulate import pixel_directions
 from crsky.store import RunDirError, RunStore, realisation_dataset
 
-SPEC_TOP_KEYS = {"t_omega", "K_par", "K_perp", "K_par_err", "K_perp_err", "gradients"}
-SPEC_GRADIENT_KEYS = {"cl", "cl_err", "noise", "dipole_standard", "sum_rule", "p_fit", "p_err"}
+SUMMARY_TOP_KEYS = {"t_omega", "K_par", "K_perp", "K_par_err", "K_perp_err", "gradients", "analysis_id",
+                    "n_realisations_used", "n_realisations_expected", "complete"}
+SUMMARY_GRADIENT_KEYS = {"cl", "cl_err", "noise", "dipole_standard", "sum_rule", "p_fit", "p_err"}
 
 
 # ---------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def test_cross_spectra_equal_anafast_of_the_map(rng):
     lmax = 3 * nside - 1
     S = an.cross_spectra(an.component_maps(x, p), lmax)
     w = np.concatenate([g, -3.0 * K @ g])
-    coef = an._quadratic_coefficients(w)
+    coef = an.harmonics.quadratic_coefficients(w)
     for t in range(n_time):
         dI = an.relative_intensity(x[t], p[t], g, K)
         assert np.allclose(dI, (x[t] - 3.0 * p[t] @ K) @ g, rtol=1e-14, atol=1e-13)  # p_i K_ij g_j
@@ -166,7 +167,7 @@ def test_white_noise_level_and_truncated_parseval(rng):
 # ---------------------------------------------------------------------------------
 def test_relative_diffusion_identity_brute_force(rng):
     """The sky-mean identity equals the brute-force average over all N_pix^2 ordered pairs
-    (seed eq. 2.4). tol 1e-12 relative: the same sum, reordered (rounding only)."""
+    (Mertsch & Ahlers 2015, eq. 2.4). tol 1e-12 relative: the same sum, reordered (rounding only)."""
     npix, T = 48, np.array([0.5, 2.0, 7.0])
     x = rng.normal(size=(T.size, npix, 3)) * np.array([1.0, 2.0, 0.5]) + rng.normal(size=(T.size, 1, 3))
     fast = an.relative_diffusion_tensor(x, T)
@@ -301,12 +302,12 @@ def test_real_run_files_and_summary(real_run, real_analysis):
     assert (real_run / an.ANALYSIS_FILE).is_file() and (real_run / an.SUMMARY_FILE).is_file()
     on_disk = json.loads((real_run / an.SUMMARY_FILE).read_text())
     assert on_disk == summary
-    assert set(summary) == SPEC_TOP_KEYS
+    assert set(summary) == SUMMARY_TOP_KEYS
     assert set(summary["gradients"]) == {"parallel", "perpendicular"}
     n_t, n_l = ds.sizes["time"], ds.sizes["ell"]
     assert len(summary["t_omega"]) == n_t and len(summary["K_par"]) == n_t
     for g in summary["gradients"].values():
-        assert set(g) == SPEC_GRADIENT_KEYS
+        assert set(g) == SUMMARY_GRADIENT_KEYS
         assert len(g["cl"]) == n_t and all(len(row) == n_l for row in g["cl"])
         assert len(g["cl_err"]) == n_t and len(g["noise"]) == n_t
         assert len(g["dipole_standard"]) == n_t and len(g["sum_rule"]) == n_t
@@ -365,9 +366,12 @@ def test_bgk_fit_recovers_p():
     cl_hat = 1e-3 * ratio
     cl_hat[0] = 5e-3
     sigma = an.noise_error(np.array(2e-4), ell, 120)
-    fit = an._fit_bgk(cl_hat, sigma, an.FIT_NSIGMA)
-    assert fit["lmin"] == 2 and fit["lmax"] >= 4
-    assert abs(fit["p"] - 0.5) < 0.2 * fit["p_err"]
+    fit = an.fit_bgk(cl_hat, sigma, an.FIT_NSIGMA)
+    assert fit.lmin == 2 and fit.lmax >= 4
+    assert abs(fit.p - 0.5) < 0.2 * fit.p_err
+    # the stored curve is the fitted one: A (1 here: noise-free input) times eq. 4.7 at p
+    assert fit.norm == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_array_equal(an.estimators.fit_curve(fit, lmax)[1:], fit.norm * bgk.bgk_ratio(fit.p, lmax))
 
 
 def test_bad_input(tmp_path, real_run):

@@ -38,7 +38,8 @@ ell, C_ell, error, noise
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny real run (no analysis.nc yet), its figures (with an observed overlay)."""
+    """A tiny real run, its analysis and its figures (with an observed overlay)."""
+    from crsky.analysis import analyze
     from crsky.config import resolve_config
     from crsky.ensemble import run_ensemble
 
@@ -50,7 +51,7 @@ def run(tmp_path_factory):
     run_ensemble(cfg, run_dir, backend="cpu", progress=False)
     observed = tmp / "observed.csv"
     observed.write_text(OBSERVED_CSV)
-    assert not (run_dir / "analysis.nc").exists()
+    analyze(run_dir)
     paths = plots.make_figures(run_dir, observed=observed)
     return run_dir, paths, observed
 
@@ -102,19 +103,56 @@ def test_rerun_uses_existing_analysis_and_overwrites(run):
     assert {p.name for p in paths} == {f"{s}.png" for s in EXPECTED if s != "observed_comparison"}
 
 
-def test_stale_analysis_is_recomputed(run, tmp_path):
+def test_plot_never_writes_the_analysis(run):
+    """make_figures reads analysis.nc and summary.json and writes neither."""
+    run_dir, _, _ = run
+    files = [run_dir / "analysis.nc", run_dir / "summary.json"]
+    before = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
+    plots.make_figures(run_dir, formats=("png",))
+    assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == before
+
+
+def test_plot_refuses_without_a_current_analysis(run, tmp_path, capsys):
+    """No analysis.nc, or one of other realisations than the run holds: plot says to run
+    analyze (exit 2, one line) and writes nothing; it never analyses by itself."""
     import shutil
+
+    from crsky.analysis import AnalysisNotCurrentError, load_analysis, write_analysis
+    from crsky.cli import main
 
     run_dir, _, _ = run
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures"))
-    ds = plots.load_or_analyze(copy)
-    assert ds.sizes["realisation"] == 4
-    # drop a realisation from the analysis: the file no longer matches the run
-    from crsky.analysis import write_analysis
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures", "analysis.nc", "summary.json"))
+    with pytest.raises(AnalysisNotCurrentError, match="crsky analyze"):
+        plots.make_figures(copy)
+    assert main(["plot", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"run `crsky analyze {copy}` first" in err
+    assert not (copy / "analysis.nc").exists() and not (copy / "figures").exists()
+    # an analysis of 3 of the 4 realisations the run holds is out of date
+    write_analysis(load_analysis(run_dir).isel(realisation=slice(0, 3)), copy / "analysis.nc")
+    with pytest.raises(AnalysisNotCurrentError, match="used 3 realisations, the run now has 4"):
+        plots.make_figures(copy)
 
-    write_analysis(ds.isel(realisation=slice(0, 3)), copy / "analysis.nc")
-    assert plots.load_or_analyze(copy).sizes["realisation"] == 4
+
+def test_sky_maps_are_the_stored_maps_of_the_realisation(run):
+    """The analysis stores dI = [x - 3 K_map p].g of its sky-map realisation at the
+    sky-map times; recomputed here from the realisation file (same arithmetic: equal)."""
+    from crsky.analysis import load_analysis, relative_intensity, select_map_times
+    from crsky.store import RunStore
+
+    run_dir, _, _ = run
+    ds = load_analysis(run_dir)
+    r = int(ds.attrs["skymap_realisation"])
+    assert r == int(ds["realisation"][0])
+    times = ds["map_time"].values
+    np.testing.assert_array_equal(times, select_map_times(ds["t_omega"].values))
+    real = RunStore.existing(run_dir).read_realisation(r)
+    for name in ds["gradient"].values:
+        g = ds["gradient_vector"].sel(gradient=name).values
+        for m, k in enumerate(times):
+            want = relative_intensity(real["x"].values[k], real["p"].values[k], g, ds["K_map"].values[k])
+            np.testing.assert_allclose(ds["skymap"].sel(gradient=name).values[m], want, rtol=1e-13, atol=1e-15)
 
 
 def test_bad_observed_file_fails_before_anything_is_written(run, tmp_path):
@@ -272,3 +310,47 @@ def test_read_observed_binary(tmp_path):
     path.write_bytes(b"\xff\xfe\x00\x81garbage")
     with pytest.raises(ValueError, match="not a UTF-8 text file"):
         read_observed(path)
+
+
+# ---------------------------------------------------------------------------------
+# Fig. 3: the curve drawn as the fit is the stored fit
+# ---------------------------------------------------------------------------------
+def test_fig3_fit_line_is_the_stored_fit(run):
+    """The crimson 'fit' lines of Fig. 3 are the analysis' fit_curve, point for point,
+    and that curve is fit_norm times eq. 4.7 at p_fit, with the normalisation of the fit
+    itself (fit_p re-run on the stored C_hat_l and errors gives the same p and A).
+
+    ``fit_nsigma = 0`` so that the tiny run has a fit (parallel: l = 2..5)."""
+    from crsky.analysis import analyze_run
+    from crsky.bgk import bgk_ratio, fit_p
+
+    run_dir, _, _ = run
+    ds = analyze_run(run_dir, fit_nsigma=0.0)
+    d = ds.sel(gradient="parallel")
+    p_fit, amp = float(d["p_fit"]), float(d["fit_norm"])
+    lo, hi = int(d["fit_lmin"]), int(d["fit_lmax"])
+    assert 0 < p_fit < 1 and hi >= 4, "the fixture must have a fit"
+    curve = np.asarray(d["fit_curve"].values)
+    lmax = ds.sizes["ell"] - 1
+    # the stored curve is the fitted one: same p and A as fit_p on the stored inputs (the
+    # fit is deterministic: equality up to the minimiser's rounding, 1e-12)
+    cl_hat, err = d["cl_hat"].values[-1], d["cl_err"].values[-1]
+    ells = np.arange(lo, hi + 1)
+    refit = fit_p(ells, cl_hat[ells] / cl_hat[1], err[ells] / cl_hat[1], lmin=lo, lmax=hi)
+    assert refit.p == pytest.approx(p_fit, rel=1e-12) and refit.norm == pytest.approx(amp, rel=1e-12)
+    np.testing.assert_array_equal(curve[1:], amp * bgk_ratio(p_fit, lmax))
+    assert math.isnan(curve[0])
+
+    plots._use_agg()
+    fig = plots.plot_spectrum_shape(ds)
+    fig.canvas.draw()
+    ax = fig.axes[0]  # the parallel panel
+    lines = [line for line in ax.get_lines() if line.get_gid() == "bgk_fit"]
+    assert len(lines) == 2  # the whole curve and the thick fitted range
+    for line in lines:
+        x = np.asarray(line.get_xdata(), dtype=int)
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert x.size > 0
+        np.testing.assert_array_equal(y, curve[x])  # exactly the stored curve
+    thick = max(lines, key=lambda line: line.get_linewidth())
+    assert set(np.asarray(thick.get_xdata(), dtype=int)) == set(range(lo, hi + 1))

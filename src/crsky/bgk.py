@@ -1,130 +1,50 @@
-r"""BGK-like ansatz for the steady-state angular power spectrum (SPEC section 5).
+r"""BGK-like ansatz for the steady-state angular power spectrum (Mertsch & Ahlers 2015, section 4).
 
-Mertsch & Ahlers (ICRC 2015, section 4) close the two-particle Boltzmann hierarchy with a
-relative scattering rate ``v_r(x)`` that depends on the opening angle ``x = p1 . p2`` of
-two trajectories.  The steady state then obeys the linear system
+The two-particle Boltzmann hierarchy closed with a relative scattering rate ``v_r(x)``
+of the opening angle ``x = p1 . p2`` of two trajectories has the steady state
 
 .. math::
 
     Q_1 \delta_{l1} = \sum_{k \ge 1} C_k\, k(k+1) \frac{2k+1}{2}
-                      \int_{-1}^{1} v_r(x) P_l(x) P_k(x)\, dx ,            \qquad (4.6)
+                      \int_{-1}^{1} v_r(x) P_l(x) P_k(x)\, dx              \qquad (4.6)
 
-which the paper "inverts" to
+which the paper inverts to
 
 .. math::
 
     C_l = \frac{3}{2} \frac{Q_1}{l(l+1)} \int_{-1}^{1} \frac{x P_l(x)}{v_r(x)}\, dx,
     \qquad Q_1 = K_{ij}\partial_i n\, \partial_j n / (6\pi).                 \qquad (4.7)
 
-Units
------
-``Q_1`` and ``nu`` are in whatever units the caller uses; ``C_l`` comes out in units of
-``Q_1 / nu``.  Everything else (``p``, ``x``, ``l``, ratios ``C_l / C_1``) is
-dimensionless.
-
-Closed form of eq. (4.7) for ``v_r = nu (1 - x)^p``
-----------------------------------------------------
-The classical integral (Gradshteyn & Ryzhik 7.127)
+For ``v_r = nu (1 - x)^p``, ``0 < p < 1``, eq. (4.7) has the closed form
 
 .. math::
-
-    \int_{-1}^{1} (1 + x)^a P_l(x)\, dx
-        = \frac{2^{a+1}\Gamma(a+1)^2}{\Gamma(a+l+2)\Gamma(a-l+1)}
-
-is for ``(1 + x)^a``; since ``P_l(-x) = (-1)^l P_l(x)`` the ``(1 - x)^a`` version carries
-an extra ``(-1)^l``.  (Using the ``(1+x)`` formula for ``(1-x)^{-p}`` gives spectra of
-alternating sign, which is how one notices.)  With ``a = -p`` and the reflection
-formula, ``Gamma(1-p)/Gamma(1-p-l) = (-1)^l Gamma(l+p)/Gamma(p)``, so
-
-.. math::
-
-    J_l \equiv \int_{-1}^{1} (1 - x)^{-p} P_l(x)\, dx
-        = 2^{1-p} \frac{\Gamma(1-p)}{\Gamma(p)} \frac{\Gamma(l+p)}{\Gamma(l+2-p)} > 0 .
-
-With ``x P_l = [(l+1) P_{l+1} + l P_{l-1}] / (2l+1)``,
-
-.. math::
-
-    \int_{-1}^{1} \frac{x P_l(x)}{(1-x)^p} dx = \frac{(l+1) J_{l+1} + l J_{l-1}}{2l+1}
-        = 2^{1-p}\frac{\Gamma(1-p)}{\Gamma(p)}
-          \frac{\Gamma(l-1+p)}{\Gamma(l+3-p)} \left[l(l+1) - p(1-p)\right],
-
-because ``(l+1)(l+p)(l-1+p) + l(l+2-p)(l+1-p) = (2l+1)[l(l+1) - p(1-p)]``.  Hence
-
-.. math::
-
-    C_l^{(4.7)} = \frac{3}{2}\frac{Q_1}{\nu}\, 2^{1-p}\frac{\Gamma(1-p)}{\Gamma(p)}
-                  \frac{\Gamma(l-1+p)}{\Gamma(l+3-p)}
-                  \left[1 - \frac{p(1-p)}{l(l+1)}\right],
-
-    C_1^{(4.7)} = \frac{3}{4}\frac{Q_1}{\nu}
-                  \frac{2^{1-p}(2 - p + p^2)}{(1-p)(2-p)(3-p)},
 
     \frac{C_l}{C_1} = \prod_{j=0}^{l-2}\frac{p+j}{4-p+j}\;
-                      \frac{1 - p(1-p)/(l(l+1))}{1 - p(1-p)/2}.
+                      \frac{1 - p(1-p)/(l(l+1))}{1 - p(1-p)/2},
 
-Every factor is positive for ``0 < p < 1`` and ``l >= 1`` (``p(1-p) <= 1/4 < 2``), and
-``C_l -> const * l^{-(4-2p)} [1 + O(1/l)]``; the local log-log slope is
-``-(4-2p) + (2-p)/(l+1) + O(l^-2)``.
+and the exact solution of (4.6) for ``l >= 1`` drops the last factor (``model="4.6"``):
+eq. (4.7) is not an exact inverse of (4.6), because (4.6) leaves the monopole free.
+Both ratios differ by an almost constant factor for ``l >= 2``, so a fit with a free
+normalisation gives nearly the same ``p`` with either. The derivations, the accuracy
+measurements and the comparison are in docs/bgk.md; the independent quadrature
+evaluations that check the closed forms live with the tests (``tests/bgk_reference.py``).
 
-Numerics: ``t_l = prod_{j<l-1} (p+j)/(4-p+j) = Gamma(l-1+p) Gamma(4-p) /
-(Gamma(p) Gamma(l+3-p))`` is accumulated as a running product up to ``l = 32`` (rounding
-<~ 1e-14) and continued for larger ``l`` in log space with a Stirling series for the
-*difference* ``ln Gamma(z+a) - ln Gamma(z+b)`` written with ``log1p`` so that the large
-``z ln z`` terms cancel analytically, not numerically.  (``scipy.special.poch`` loses up
-to 1e-11 relative at ``l = 10^4``; this path stays at ~1e-14 for any ``l``.)
+Units: ``Q_1`` and ``nu`` in whatever units the caller uses; ``C_l`` comes out in units
+of ``Q_1 / nu``. Everything else (``p``, ``x``, ``l``, ratios ``C_l / C_1``) is
+dimensionless.
 
-How exactly (4.7) inverts (4.6)
--------------------------------
-Write ``c_k = k(k+1) C_k`` and ``F(x) = sum_{k>=1} c_k (2k+1)/2 P_k(x)``.  Then (4.6)
-reads ``int v_r F P_l dx = Q_1 delta_{l1}`` for ``l >= 1``: the Legendre coefficients of
-``v_r F`` are fixed for ``l >= 1`` and *free* for ``l = 0``, so
-``v_r F = (3/2) Q_1 (x + kappa)``.  The monopole of ``F`` is ``c_0 = 0 * C_0 = 0``
-(``L^2`` annihilates the monopole, so ``C_0`` never enters (4.6)), which fixes
-``kappa = -int(x / v_r) / int(1 / v_r)``.  The unique solution of (4.6) for ``l >= 1`` is
-
-.. math::
-
-    C_l^{(4.6)} = \frac{3}{2}\frac{Q_1}{l(l+1)}\int_{-1}^{1}
-                  \frac{(x + \kappa) P_l(x)}{v_r(x)}\, dx .
-
-Eq. (4.7) is this with ``kappa = 0``, i.e. it solves ``v_r F = (3/2) Q_1 x``, which would
-also need the ``l = 0`` projection of (4.6) to hold with a *non-zero* monopole
-``c_0 = (3/2) Q_1 int x / v_r`` of ``F``, impossible because ``c_0 = 0``.  Eq. (4.7)
-is therefore not an exact inverse of (4.6): plugged into (4.6) it leaves the residual
-``r_l = -(c_0/2) int v_r P_l dx`` in *every* ``l >= 1``, which does not vanish as the
-truncation is lifted.  The ``l = 0`` row of (4.6) (left side 0) is not part of the
-steady state at all: with the ``l >= 1`` rows solved it gives
-``int v_r F dx = 3 kappa Q_1 != 0``, a non-zero rate of change of the monopole, which is
-consistent with ``C_0`` growing with backtracking time (sum rules, SPEC section 4).
-For ``v_r = nu (1-x)^p``: ``kappa = -p / (2 - p)`` and
-
-.. math::
-
-    C_l^{(4.6)} = 3\frac{Q_1}{\nu}\frac{1-p}{2-p}\, 2^{1-p}\frac{\Gamma(1-p)}{\Gamma(p)}
-                  \frac{\Gamma(l-1+p)}{\Gamma(l+3-p)},
-    \qquad \frac{C_l^{(4.6)}}{C_1^{(4.6)}} = \prod_{j=0}^{l-2}\frac{p+j}{4-p+j},
-
-    \frac{r_1}{Q_1} = \frac{3p^2}{(1-p^2)(4-p^2)}\ (= 0.267 \text{ at } p = 1/2),
-    \qquad \frac{r_l}{Q_1} = -3p\,\frac{\Gamma(1+p)\Gamma(l-p)}
-        {(1-p)(2-p)\Gamma(-p)\Gamma(l+2+p)} > 0 .
-
-The two ratios differ by ``[1 - p(1-p)/(l(l+1))] / [1 - p(1-p)/2]``: a factor
-``2/(2 - p + p^2)`` (1.14 at ``p = 1/2``) at large ``l`` and 1.10 already at ``l = 2``,
-i.e. almost a constant for ``l >= 2``; a fit with a free normalisation over ``l >= 2``
-gives nearly the same ``p`` with either (see ``docs/bgk.md``).  ``model="4.7"`` (the
-paper's curve, default everywhere) and ``model="4.6"`` (the exact solution) select them.
+Numerics of the closed form: the running product is accumulated up to ``l = 32``
+(rounding <~ 1e-14) and continued in log space with a Stirling series for the
+*difference* ``ln Gamma(z+a) - ln Gamma(z+b)`` (written with ``log1p`` so that the large
+terms cancel analytically); ~1e-14 relative at any ``l``.
 
 Functions
 ---------
 bgk_spectrum, bgk_ratio
-    Closed forms above, any ``0 < p < 1``, any ``l`` (tested to ``10^4``), ~1e-14 relative.
-bgk_spectrum_quadrature, gauss_jacobi
-    Independent Gauss-Jacobi evaluation of the same integrals (for tests).
-spectrum_from_vr
-    Eq. (4.7) / the exact inverse for a user-supplied ``v_r(x)`` by quadrature.
+    The closed forms, any ``0 < p < 1``, any ``l`` (tested to ``10^4``).
 forward_matrix, solve_forward, forward_residual
-    The truncated system (4.6) for a user-supplied ``v_r(x)``.
+    The truncated system (4.6) for a user-supplied ``v_r(x)`` (Gauss-Jacobi or
+    Gauss-Legendre quadrature).
 fit_p, BGKFit
     Fit of ``p`` to a measured ``C_hat_l / C_hat_1``.
 """
@@ -146,14 +66,10 @@ __all__ = [
     "MODELS",
     "bgk_ratio",
     "bgk_spectrum",
-    "bgk_spectrum_quadrature",
     "fit_p",
     "forward_matrix",
     "forward_residual",
-    "gauss_jacobi",
-    "legendre_table",
     "solve_forward",
-    "spectrum_from_vr",
 ]
 
 #: Accepted values of the ``model`` argument: ``"4.7"`` is the paper's eq. (4.7);
@@ -162,7 +78,7 @@ MODELS = ("4.7", "4.6")
 
 #: Largest ``lmax`` accepted by the closed forms (memory: one float64 per ``l``).
 LMAX_CLOSED_FORM = 10_000_000
-#: Largest ``lmax`` accepted by the quadrature / linear-system paths (O(lmax^2) memory).
+#: Largest ``lmax`` accepted by the forward relation (O(lmax^2) memory).
 LMAX_QUADRATURE = 2_000
 #: Largest number of quadrature nodes accepted.
 NODES_MAX = 10_000
@@ -353,7 +269,7 @@ def bgk_spectrum(
 ) -> np.ndarray:
     r"""Steady-state ``C_l`` of the BGK-like ansatz with ``v_r(x) = nu (1 - x)^p``.
 
-    Closed form of eq. (4.7) (derivation in the module docstring):
+    Closed form of eq. (4.7) (derivation in docs/bgk.md):
 
     .. math::
 
@@ -395,9 +311,9 @@ def bgk_spectrum(
 
 
 # --------------------------------------------------------------------------------------
-# quadrature paths
+# quadrature rules of the forward relation
 # --------------------------------------------------------------------------------------
-def legendre_table(x, lmax: int) -> np.ndarray:
+def _legendre_table(x, lmax: int) -> np.ndarray:
     """Legendre polynomials ``P_l(x)`` for ``l = 0..lmax`` by the three-term recurrence.
 
     Parameters
@@ -440,7 +356,7 @@ def _jacobi_and_derivative(n: int, alpha: float, x: np.ndarray) -> tuple[np.ndar
     return p, dp
 
 
-def gauss_jacobi(n: int, alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _gauss_jacobi(n: int, alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Jacobi rule for ``int_{-1}^{1} (1 - x)^alpha f(x) dx`` (``beta = 0``).
 
     Nodes from ``scipy.special.roots_jacobi`` / ``roots_legendre`` (Golub-Welsch),
@@ -478,7 +394,7 @@ def gauss_jacobi(n: int, alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
 
 def _nodes(alpha: float | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Jacobi nodes for weight ``(1-x)^alpha`` (Gauss-Legendre if ``alpha`` None)."""
-    return gauss_jacobi(n, 0.0 if alpha is None else alpha)
+    return _gauss_jacobi(n, 0.0 if alpha is None else alpha)
 
 
 def _eval_vr(v_r: Callable, x: np.ndarray) -> np.ndarray:
@@ -495,102 +411,6 @@ def _eval_vr(v_r: Callable, x: np.ndarray) -> np.ndarray:
     return val
 
 
-def spectrum_from_vr(
-    v_r: Callable,
-    lmax: int,
-    q1: float = 1.0,
-    *,
-    model: str = "4.7",
-    singular_exponent: float | None = None,
-    n_nodes: int | None = None,
-) -> np.ndarray:
-    r"""Eq. (4.7) (or the exact inverse of eq. 4.6) for a user-supplied ``v_r(x)``.
-
-    ``C_l = (3/2) Q_1 / (l(l+1)) int (x + kappa) P_l(x) / v_r(x) dx`` with ``kappa = 0``
-    for ``model="4.7"`` and ``kappa = -int(x/v_r) / int(1/v_r)`` for ``model="4.6"``.
-
-    Parameters
-    ----------
-    v_r : callable
-        Relative scattering rate ``v_r(x)``, vectorised over numpy arrays, positive on
-        (-1, 1) (units of ``nu``).
-    lmax : int
-        Largest multipole, ``1 <= lmax <= 2000``.
-    q1 : float, optional
-        Dipole source ``Q_1`` (> 0, any units; default 1).
-    model : {"4.7", "4.6"}, optional
-        Which relation (module docstring).
-    singular_exponent : float or None, optional
-        ``a`` in ``v_r(x) = (1 - x)^a g(x)`` with ``g`` smooth and positive on [-1, 1],
-        ``-1 < a < 1``.  If given, Gauss-Jacobi quadrature with weight ``(1 - x)^{-a}``
-        integrates ``x P_l / g`` (``g = v_r / (1-x)^a`` at the nodes), exact when ``g`` is
-        constant.  If None (default), Gauss-Legendre, which needs ``1/v_r`` smooth on
-        [-1, 1] to be accurate.
-    n_nodes : int, optional
-        Number of quadrature nodes; default ``2 lmax + 64``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(lmax,)``; ``C_l`` for ``l = 1..lmax`` in units of ``q1 / [v_r]``.
-    """
-    lmax = _check_int("lmax", lmax, 1, LMAX_QUADRATURE)
-    q1 = _check_positive("q1", q1)
-    model = _check_model(model)
-    a = _check_exponent(singular_exponent)
-    n = _check_nodes(n_nodes, 2 * lmax + 64)
-    x, w = _nodes(None if a is None else -a, n)
-    vr = _eval_vr(v_r, x)
-    g = vr if a is None else vr / (1.0 - x) ** a
-    wg = w / g
-    kappa = 0.0 if model == "4.7" else -np.sum(wg * x) / np.sum(wg)
-    P = legendre_table(x, lmax)[1:]
-    l = np.arange(1, lmax + 1, dtype=float)
-    return 1.5 * q1 / (l * (l + 1.0)) * (P @ (wg * (x + kappa)))
-
-
-def bgk_spectrum_quadrature(
-    p: float,
-    lmax: int,
-    q1: float = 1.0,
-    nu: float = 1.0,
-    *,
-    model: str = "4.7",
-    n_nodes: int | None = None,
-) -> np.ndarray:
-    """Same as :func:`bgk_spectrum` by Gauss-Jacobi quadrature (independent check).
-
-    The weight ``(1 - x)^{-p}`` is built into the rule (``scipy.special.roots_jacobi``),
-    so the remaining integrand ``x P_l(x)`` is a polynomial of degree ``l + 1`` and
-    ``n >= lmax/2 + 1`` nodes are exact up to rounding in the nodes/weights and in the
-    sum (measured: <= 7e-13 relative for ``l <= 50``, <= 2e-11 for ``l <= 200``, <= 5e-10
-    for ``l <= 1000``; see ``docs/bgk.md``).
-
-    Parameters
-    ----------
-    p, lmax, q1, nu, model
-        As in :func:`bgk_spectrum` (``lmax <= 2000``).
-    n_nodes : int, optional
-        Number of Gauss-Jacobi nodes; default ``lmax // 2 + 2``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(lmax,)``; ``C_l`` for ``l = 1..lmax`` in units of ``q1 / nu``.
-    """
-    p = _check_p(p)
-    lmax = _check_int("lmax", lmax, 1, LMAX_QUADRATURE)
-    q1 = _check_positive("q1", q1)
-    nu = _check_positive("nu", nu)
-    model = _check_model(model)
-    n = _check_nodes(n_nodes, lmax // 2 + 2)
-    x, w = gauss_jacobi(n, -p)
-    kappa = 0.0 if model == "4.7" else -np.sum(w * x) / np.sum(w)
-    P = legendre_table(x, lmax)[1:]
-    l = np.arange(1, lmax + 1, dtype=float)
-    return 1.5 * (q1 / nu) / (l * (l + 1.0)) * (P @ (w * (x + kappa)))
-
-
 # --------------------------------------------------------------------------------------
 # forward relation (4.6)
 # --------------------------------------------------------------------------------------
@@ -603,7 +423,7 @@ def _gram(v_r, lmax, singular_exponent, n_nodes) -> np.ndarray:
     x, w = _nodes(a, n)
     vr = _eval_vr(v_r, x)
     g = vr if a is None else vr / (1.0 - x) ** a
-    P = legendre_table(x, lmax)[1:]
+    P = _legendre_table(x, lmax)[1:]
     return (P * (w * g)) @ P.T
 
 
@@ -662,7 +482,8 @@ def solve_forward(
     ``M = B D`` with ``B_lk = int v_r P_l P_k`` symmetric positive definite (for
     ``v_r > 0`` almost everywhere) and ``D = diag(k(k+1)(2k+1)/2)``; ``B y = Q_1 e_1`` is
     solved by Cholesky and ``C = D^-1 y``.  As ``lmax -> inf`` the solution converges to
-    the exact inverse ``spectrum_from_vr(..., model="4.6")``, not to eq. (4.7).
+    the exact inverse of (4.6) (for ``v_r = nu (1-x)^p``: ``bgk_spectrum(..., model="4.6")``),
+    not to eq. (4.7).
 
     Parameters
     ----------
@@ -792,6 +613,95 @@ def _finite_1d(name: str, a) -> np.ndarray:
     return arr
 
 
+def _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model):
+    """Validate the input of :func:`fit_p` and select the points it fits.
+
+    Returns ``(L, R, S, n_par, model)``: the multipoles used, their ratios and errors
+    (in the order given), the number of fitted parameters and the checked model.
+    """
+    try:
+        ell_f = np.asarray(ell, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError("ell must be a 1-D array of integers >= 1") from None
+    if ell_f.ndim != 1 or ell_f.size == 0:
+        raise InputError("ell must be a non-empty 1-D array of integers >= 1")
+    if not np.all(np.isfinite(ell_f)) or np.any(ell_f < 1) or np.any(ell_f != np.round(ell_f)):
+        raise InputError("ell must be a 1-D array of integers >= 1")
+    ell_i = ell_f.astype(np.int64)
+    if np.unique(ell_i).size != ell_i.size:
+        raise InputError("ell must not contain duplicate multipoles")
+    try:
+        r = np.asarray(ratio, dtype=float)
+        s = np.asarray(ratio_err, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError("ratio and ratio_err must be 1-D arrays of real numbers") from None
+    if r.shape != ell_i.shape:
+        raise InputError(f"ratio must have the shape of ell {ell_i.shape}, got {r.shape}")
+    if s.shape != ell_i.shape:
+        raise InputError(f"ratio_err must have the shape of ell {ell_i.shape}, got {s.shape}")
+    lmin = _check_int("lmin", lmin, 1, LMAX_CLOSED_FORM)
+    if lmax is not None:
+        lmax = _check_int("lmax", lmax, lmin, LMAX_CLOSED_FORM)
+    if not isinstance(free_norm, (bool, np.bool_)):
+        raise InputError(f"free_norm must be True or False, got {free_norm!r}")
+    model = _check_model(model)
+
+    use = ell_i >= lmin
+    if lmax is not None:
+        use &= ell_i <= lmax
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != ell_i.shape or m.dtype != bool:
+            raise InputError(f"mask must be a boolean array of the shape of ell {ell_i.shape}")
+        use &= m
+    n_par = 2 if free_norm else 1
+    if use.sum() < n_par + 1:
+        raise InputError(
+            f"fit needs at least {n_par + 1} multipoles in [lmin, lmax] and mask, "
+            f"got {int(use.sum())}"
+        )
+    L, R, S = ell_i[use], r[use], s[use]
+    if not np.all(np.isfinite(R)):
+        raise InputError("ratio must be finite at the multipoles used in the fit")
+    if not np.all(np.isfinite(S)) or np.any(S <= 0):
+        raise InputError("ratio_err must be finite and > 0 at the multipoles used in the fit")
+    return L, R, S, n_par, model
+
+
+def _delta_chi2_interval(chi2, grid, cg, p_best: float, c_min: float) -> tuple[float, float, bool]:
+    """The 1-sigma interval ``chi2(p) = c_min + 1`` around ``p_best`` by Brent's method.
+
+    ``grid`` is the scan of ``[_P_EDGE, 1 - _P_EDGE]`` with ``cg = chi2(grid)``; an end
+    that the interval does not reach inside it is clipped to 0 or 1. Returns
+    ``(p_lo, p_hi, clipped)``.
+    """
+    lo_b, hi_b = _P_EDGE, 1.0 - _P_EDGE
+
+    def excess(pp: float) -> float:
+        return chi2(pp) - c_min - 1.0
+
+    clipped = False
+    # lower end: walk down the grid to the first point with delta chi2 > 1
+    below = np.nonzero((grid < p_best) & (cg - c_min > 1.0))[0]
+    if below.size:
+        a = grid[below[-1]]
+        p_lo = float(optimize.brentq(excess, a, p_best, xtol=1e-12))
+    elif excess(lo_b) > 0 and p_best > lo_b:
+        p_lo = float(optimize.brentq(excess, lo_b, p_best, xtol=1e-12))
+    else:
+        p_lo, clipped = 0.0, True
+    above = np.nonzero((grid > p_best) & (cg - c_min > 1.0))[0]
+    if above.size:
+        b = grid[above[0]]
+        p_hi = float(optimize.brentq(excess, p_best, b, xtol=1e-12))
+    elif excess(hi_b) > 0 and p_best < hi_b:
+        p_hi = float(optimize.brentq(excess, p_best, hi_b, xtol=1e-12))
+    else:
+        p_hi, clipped = 1.0, True
+
+    return p_lo, p_hi, clipped
+
+
 def fit_p(
     ell,
     ratio,
@@ -861,52 +771,7 @@ def fit_p(
         values or non-positive errors among the used points) or fewer used points than
         ``n_params + 1``.
     """
-    try:
-        ell_f = np.asarray(ell, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError("ell must be a 1-D array of integers >= 1") from None
-    if ell_f.ndim != 1 or ell_f.size == 0:
-        raise InputError("ell must be a non-empty 1-D array of integers >= 1")
-    if not np.all(np.isfinite(ell_f)) or np.any(ell_f < 1) or np.any(ell_f != np.round(ell_f)):
-        raise InputError("ell must be a 1-D array of integers >= 1")
-    ell_i = ell_f.astype(np.int64)
-    if np.unique(ell_i).size != ell_i.size:
-        raise InputError("ell must not contain duplicate multipoles")
-    try:
-        r = np.asarray(ratio, dtype=float)
-        s = np.asarray(ratio_err, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError("ratio and ratio_err must be 1-D arrays of real numbers") from None
-    if r.shape != ell_i.shape:
-        raise InputError(f"ratio must have the shape of ell {ell_i.shape}, got {r.shape}")
-    if s.shape != ell_i.shape:
-        raise InputError(f"ratio_err must have the shape of ell {ell_i.shape}, got {s.shape}")
-    lmin = _check_int("lmin", lmin, 1, LMAX_CLOSED_FORM)
-    if lmax is not None:
-        lmax = _check_int("lmax", lmax, lmin, LMAX_CLOSED_FORM)
-    if not isinstance(free_norm, (bool, np.bool_)):
-        raise InputError(f"free_norm must be True or False, got {free_norm!r}")
-    model = _check_model(model)
-
-    use = ell_i >= lmin
-    if lmax is not None:
-        use &= ell_i <= lmax
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.shape != ell_i.shape or m.dtype != bool:
-            raise InputError(f"mask must be a boolean array of the shape of ell {ell_i.shape}")
-        use &= m
-    n_par = 2 if free_norm else 1
-    if use.sum() < n_par + 1:
-        raise InputError(
-            f"fit needs at least {n_par + 1} multipoles in [lmin, lmax] and mask, "
-            f"got {int(use.sum())}"
-        )
-    L, R, S = ell_i[use], r[use], s[use]
-    if not np.all(np.isfinite(R)):
-        raise InputError("ratio must be finite at the multipoles used in the fit")
-    if not np.all(np.isfinite(S)) or np.any(S <= 0):
-        raise InputError("ratio_err must be finite and > 0 at the multipoles used in the fit")
+    L, R, S, n_par, model = _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model)
     order = np.argsort(L)
     L, R, S = L[order], R[order], S[order]
     w = 1.0 / S**2
@@ -937,27 +802,7 @@ def fit_p(
         p_best, c_min = float(grid[i]), float(cg[i])
     at_boundary = bool(p_best - lo_b < 1e-6 or hi_b - p_best < 1e-6)
 
-    def excess(pp: float) -> float:
-        return chi2(pp) - c_min - 1.0
-
-    clipped = False
-    # lower end: walk down the grid to the first point with delta chi2 > 1
-    below = np.nonzero((grid < p_best) & (cg - c_min > 1.0))[0]
-    if below.size:
-        a = grid[below[-1]]
-        p_lo = float(optimize.brentq(excess, a, p_best, xtol=1e-12))
-    elif excess(lo_b) > 0 and p_best > lo_b:
-        p_lo = float(optimize.brentq(excess, lo_b, p_best, xtol=1e-12))
-    else:
-        p_lo, clipped = 0.0, True
-    above = np.nonzero((grid > p_best) & (cg - c_min > 1.0))[0]
-    if above.size:
-        b = grid[above[0]]
-        p_hi = float(optimize.brentq(excess, p_best, b, xtol=1e-12))
-    elif excess(hi_b) > 0 and p_best < hi_b:
-        p_hi = float(optimize.brentq(excess, p_best, hi_b, xtol=1e-12))
-    else:
-        p_hi, clipped = 1.0, True
+    p_lo, p_hi, clipped = _delta_chi2_interval(chi2, grid, cg, p_best, c_min)
 
     dof = int(L.size - n_par)
     return BGKFit(

@@ -60,7 +60,7 @@ def _cmd_analyze(args) -> int:
     from .store import RunStore
 
     RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
-    _, summary = analyze(args.run_dir, progress=not args.json)
+    _, summary = analyze(args.run_dir, progress=not args.json, partial=args.partial)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -73,9 +73,14 @@ def _cmd_plot(args) -> int:
     from .store import RunStore
 
     RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
+    from .analysis import SUMMARY_FILE, read_summary
     from .plots import make_figures
 
-    paths = make_figures(args.run_dir, observed=args.observed)
+    paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
+    _, regenerated = read_summary(args.run_dir)
+    if regenerated:
+        print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
+              "remade it from analysis.nc", file=sys.stderr)
     print(f"crsky plot: wrote {len(paths)} files to {args.run_dir}/figures/")
     return 0
 
@@ -95,7 +100,7 @@ def _cmd_reproduce(args) -> int:
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
     run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
-    _, summary = analyze(out, progress=True)
+    _, summary = analyze(out, progress=True)  # then the figures, from the analysis just written
     paths = make_figures(out)
     print(format_summary(summary))
     print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}\nfigures: {out / 'figures'}/ "
@@ -161,16 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser(
         "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
-        description="Analyse RUN_DIR (SPEC section 4): writes RUN_DIR/analysis.nc (xarray) and "
-        "RUN_DIR/summary.json, and prints a summary table.",
+        description="Analyse RUN_DIR (docs/analysis.md): writes RUN_DIR/analysis.nc (xarray), then "
+        "RUN_DIR/summary.json, and prints a summary table. A run with fewer realisations complete "
+        "than configured is refused unless --partial is given.",
     )
     analyze.add_argument("run_dir", help="run directory written by crsky run")
     analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    analyze.add_argument("--partial", action="store_true",
+                         help="analyse an incomplete ensemble; the table, summary.json and analysis.nc "
+                         "say 'N of M realisations' and complete = false")
     analyze.set_defaults(func=_cmd_analyze)
 
     plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
-                          description="Write PNG and PDF figures to RUN_DIR/figures/ (analyses the run first "
-                          "if RUN_DIR/analysis.nc is missing).")
+                          description="Write PNG and PDF figures to RUN_DIR/figures/ from RUN_DIR/analysis.nc "
+                          "alone; it must be the current analysis of the run (else: exit 2, run "
+                          "`crsky analyze RUN_DIR` first).")
     plot.add_argument("run_dir", help="run directory written by crsky run")
     plot.add_argument("--observed", metavar="FILE.csv",
                       help="measured spectrum to overlay: columns ell, C_ell, error[, noise]")
@@ -180,13 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Run the preset's ensemble (resumable), analyse it and write "
                                "the figures; prints where the summary and figures are.")
     reproduce.add_argument("--preset", choices=["quick", "paper"], default="quick",
-                           help="quick (minutes on a laptop, default) or paper (SPEC section 6)")
+                           help="quick (minutes on a laptop, default) or paper (the paper's ensemble)")
     reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
     reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto")
     reproduce.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
     reproduce.set_defaults(func=_cmd_reproduce)
 
-    bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (seed eq. 4.7)",
+    bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (Mertsch & Ahlers 2015, eq. 4.7)",
                          description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
     bgk.add_argument("--p", type=float, required=True, help="exponent p, 0 < p < 1")
     bgk.add_argument("--lmax", type=int, required=True, help="largest multipole, >= 1")

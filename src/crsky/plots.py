@@ -1,8 +1,10 @@
-r"""Figures of a run (``crsky plot RUN_DIR [--observed FILE.csv]``; SPEC sections 4-6).
+r"""Figures of a run (``crsky plot RUN_DIR [--observed FILE.csv]``).
 
-Everything is drawn from the analysis file ``RUN_DIR/analysis.nc`` (computed with
-:func:`crsky.analysis.analyze` when it is missing or older than the run), except the
-sky maps, which need the trajectories of one realisation from the run store.
+Everything is drawn from the analysis file ``RUN_DIR/analysis.nc`` alone, which must be
+the current analysis of the run (:func:`crsky.analysis.load_current_analysis`; run
+``crsky analyze RUN_DIR`` first). Nothing here recomputes or rewrites the analysis: the
+BGK fit is drawn from its stored curve (``fit_curve``), the sky maps from the stored
+maps of one realisation (``skymap``).
 
 Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
 
@@ -16,7 +18,8 @@ Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
     (4.7) for ``p = 1/3, 1/2, 2/3`` and the fitted ``p``, the noise band; one panel per
     gradient.
 ``skymaps_<gradient>``
-    Mollweide maps of ``dI`` of one realisation at three times, in *arrival* directions
+    Mollweide maps of ``dI`` of one realisation at three times (stored by the
+    analysis), in *arrival* directions
     ``-p_i`` (pixels remapped to their antipodes), monopole removed (top row) and
     monopole and dipole removed (bottom row).
 ``diffusion_coefficients``
@@ -37,25 +40,26 @@ Agg canvas, so nothing opens a window and a notebook's backend is left alone.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
 import sys
 import textwrap
-import uuid
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from .analysis.dataset import load_current_analysis, nearest_log_indices, select_map_times
 from .errors import InputError
+from .store import atomic_write_bytes
 
 __all__ = [
     "FIGURES_DIR",
     "STEADY_STATE_T_OMEGA",
     "BGK_REFERENCE_P",
     "make_figures",
-    "load_or_analyze",
     "select_times",
     "select_map_times",
     "plot_spectrum_evolution",
@@ -79,9 +83,6 @@ _GRADIENT_STYLES = {"parallel": "-", "perpendicular": ":"}
 _EXTRA_STYLES = ("--", "-.", (0, (5, 1, 1, 1, 1, 1)))
 _TIME_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")  # early, middle, late
 _BGK_STYLES = {1.0 / 3.0: ":", 0.5: "-", 2.0 / 3.0: "--"}
-_NEEDED = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
-           "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err")
-
 
 # ---------------------------------------------------------------------------------
 # Matplotlib plumbing
@@ -106,8 +107,9 @@ def _new_figure(width: float, height: float):
 def save_figure(fig, directory, stem: str, formats=("png", "pdf"), dpi: int = _DPI) -> list[Path]:
     """Write ``fig`` as ``directory/stem.<fmt>`` for each format, each atomically.
 
-    Each file is written under a temporary name in ``directory`` and renamed into
-    place, so a reader never sees a half-written figure. The PNG has exactly
+    Each figure is rendered in memory and written with the store's atomic writer
+    (:func:`crsky.store.atomic_write_bytes`), so a reader never sees a half-written
+    figure. The PNG has exactly
     ``figsize * dpi`` pixels (no tight bounding box).
 
     Returns
@@ -120,15 +122,9 @@ def save_figure(fig, directory, stem: str, formats=("png", "pdf"), dpi: int = _D
     out = []
     for fmt in formats:
         target = directory / f"{stem}.{fmt}"
-        # a unique temporary name, created with the umask's permissions (unlike mkstemp)
-        tmp = directory / f".{stem}.{fmt}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+        atomic_write_bytes(target, buffer.getvalue())
         out.append(target)
     return out
 
@@ -145,43 +141,6 @@ def _metadata(fmt: str) -> dict:
 # ---------------------------------------------------------------------------------
 # Data access
 # ---------------------------------------------------------------------------------
-def load_or_analyze(run_dir):
-    """The analysis Dataset of a run, (re)computed when missing or out of date.
-
-    ``RUN_DIR/analysis.nc`` is recomputed with :func:`crsky.analysis.analyze` (which
-    also rewrites ``summary.json``) when it does not exist, cannot be read, lacks a
-    variable the figures need, belongs to another configuration, or covers other
-    realisations than the run now holds (a resumed run).
-
-    Raises
-    ------
-    crsky.store.RunDirError
-        ``run_dir`` is not a run directory or holds no completed realisation.
-    """
-    from .analysis import ANALYSIS_FILE, analyze, load_analysis
-    from .store import RunStore
-
-    store = RunStore.existing(run_dir)
-    path = Path(run_dir) / ANALYSIS_FILE
-    if path.is_file():
-        try:
-            ds = load_analysis(path)
-        except Exception:  # noqa: BLE001 - unreadable: recompute
-            ds = None
-        if ds is not None and _analysis_current(ds, store):
-            return ds
-    ds, _ = analyze(run_dir)
-    return ds
-
-
-def _analysis_current(ds, store) -> bool:
-    if any(name not in ds for name in _NEEDED):
-        return False
-    if ds.attrs.get("config_sha256") not in (None, store.config().digest()):
-        return False
-    return sorted(int(r) for r in ds["realisation"].values) == store.completed()
-
-
 def _config(ds) -> dict:
     try:
         return json.loads(ds.attrs.get("config", "{}"))
@@ -205,7 +164,12 @@ def _run_label(ds) -> str:
     nside = ds.attrs.get("nside")
     if nside is not None:
         parts.append(f"nside {int(nside)} ({int(ds.attrs.get('npix', 12 * int(nside) ** 2))} CRs/map)")
-    parts.append(f"{int(ds.sizes['realisation'])} realisations")
+    used = int(ds.sizes["realisation"])
+    expected = ds.attrs.get("n_realisations_expected", used)
+    if ds.attrs.get("complete", 1):
+        parts.append(f"{used} realisations")
+    else:
+        parts.append(f"PARTIAL ENSEMBLE: {used} of {int(expected)} realisations")
     return ", ".join(parts)
 
 
@@ -278,26 +242,7 @@ def select_times(t_omega, n: int = 3, t_steady: float = STEADY_STATE_T_OMEGA) ->
         hi = t[-1]
         lo = max(t[0], hi / 100.0)
         steady = bool(late.size == t.size)
-    return _nearest_log(t, pool, np.geomspace(lo, hi, n) if n > 1 else np.array([hi])), steady
-
-
-def select_map_times(t_omega, n: int = 3) -> np.ndarray:
-    """Indices of ``n`` snapshots for the sky maps: log-spaced from ``t Omega ~ 1`` to the end."""
-    t = np.asarray(t_omega, dtype=float)
-    lo = min(max(t[0], 1.0), t[-1])
-    return _nearest_log(t, np.arange(t.size), np.geomspace(lo, t[-1], n) if n > 1 else np.array([t[-1]]))
-
-
-def _nearest_log(t, pool, targets) -> np.ndarray:
-    chosen: list[int] = []
-    available = list(pool)
-    for target in targets[::-1]:  # the last target first: it must be the last snapshot
-        if not available:
-            break
-        k = min(available, key=lambda i: abs(math.log(t[i] / target)))
-        chosen.append(int(k))
-        available.remove(k)
-    return np.array(sorted(chosen), dtype=int)
+    return nearest_log_indices(t, pool, np.geomspace(lo, hi, n) if n > 1 else np.array([hi])), steady
 
 
 # ---------------------------------------------------------------------------------
@@ -439,10 +384,6 @@ def plot_spectrum_shape(ds, times=None):
         Open diamonds: the relative part ``cl_relative - N`` (normalised at its own
         ``l = 1``) at the earliest snapshot shown, where the analysis has it.
     """
-    from matplotlib.lines import Line2D
-
-    from .bgk import bgk_ratio
-
     t = np.asarray(ds["t_omega"].values, dtype=float)
     if times is None:
         times, steady = select_times(t)
@@ -451,7 +392,6 @@ def plot_spectrum_shape(ds, times=None):
         steady = bool(np.all(t[times] >= STEADY_STATE_T_OMEGA))
     names = _gradient_names(ds)
     lmax = int(ds.sizes["ell"]) - 1
-    ell = np.arange(1, lmax + 1)
     fig = _new_figure(6.0 * len(names) + 0.4, 6.8)
     axes = [fig.add_axes([0.07 + k * (0.92 / len(names)), 0.285, 0.92 / len(names) - 0.085, 0.59])
             for k in range(len(names))]
@@ -459,80 +399,103 @@ def plot_spectrum_shape(ds, times=None):
     l_curve = np.unique(np.geomspace(1, max(lmax, 2), 400).round().astype(int))
     l_curve = l_curve[l_curve <= lmax]
     for ax, name in zip(axes, names):
-        d = ds.sel(gradient=name)
-        cl_hat = np.asarray(d["cl_hat"].values, dtype=float)
-        cl_err = np.asarray(d["cl_err"].values, dtype=float)
-        nerr = np.asarray(d["noise_err"].values, dtype=float)
-        handles = []
-        shown_max, shown_min = 1.0, 1.0
-        for n_t, (colour, k) in enumerate(zip(colours, times)):
-            shift = 1.0 + 0.035 * (n_t - (len(times) - 1) / 2.0)  # side by side, not on top
-            c1 = cl_hat[k, 1]
-            label = rf"$t\Omega$ = {t[k]:.3g}"
-            if not c1 > 0:
-                handles.append(Line2D([], [], color=colour, marker="o", ls="none",
-                                      label=label + r": $\hat C_1 \leq 0$, not shown"))
-                continue
-            ratio = cl_hat[k, 1:] / c1
-            rerr = cl_err[k, 1:] / c1
-            band = nerr[k, 1:] / c1
-            pos = ratio > 0
-            if k == times[-1]:  # shade below the latest noise level, outline the others
-                floor = 1e-3 * np.nanmin(band[band > 0]) if np.any(band > 0) else 1e-12
-                ax.fill_between(ell, floor, band, step="mid", color="0.5", alpha=0.18, lw=0, zorder=0.5)
-            ax.step(ell, band, where="mid", color=colour, lw=0.8, alpha=0.9, zorder=1)
-            lo = np.minimum(rerr, ratio - np.maximum(ratio - rerr, 0.02 * ratio))
-            ax.errorbar(ell[pos] * shift, ratio[pos], yerr=[lo[pos], rerr[pos]], fmt="o", ms=4, color=colour,
-                        mfc=colour, capsize=0, lw=1.0, zorder=3)
-            n_neg = int(np.sum(~pos))
-            if n_neg:
-                label += f" ({n_neg} $\\ell$ with $\\hat C_\\ell \\leq 0$ not shown)"
-            handles.append(Line2D([], [], color=colour, marker="o", ls="-", lw=1.0, ms=4, label=label))
-            if np.any(pos):
-                shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
-                shown_min = min(shown_min, float(np.min(ratio[pos])))
-        if "cl_relative" in d and len(times):
-            # The relative part (spectrum of dI - E[dI]) at the earliest time shown, where
-            # the noise is lowest: what the ansatz's v_r(x) describes (docs/validation.md 5.1).
-            k = times[0]
-            rel = np.asarray(d["cl_relative"].values[k], dtype=float) - float(d["noise"].values[k])
-            if rel[1] > 0:
-                r_rel = rel[1:] / rel[1]
-                ok = r_rel > 0
-                ax.plot(ell[ok] * 1.0, r_rel[ok], ls="none", marker="D", ms=5, mfc="none", mec="0.1", mew=0.9,
-                        zorder=3.5)
-                handles.append(Line2D([], [], ls="none", marker="D", ms=5, mfc="none", mec="0.1",
-                                      label=rf"relative part only ($dI - E[dI]$), $t\Omega$ = {t[k]:.3g}"))
-                shown_min = min(shown_min, float(np.min(r_rel[ok])))
-        for p in BGK_REFERENCE_P:
-            ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
-            handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
-                                  label=f"BGK eq. 4.7, p = {_frac(p)}"))
-        p_fit = float(d["p_fit"].values)
-        if math.isfinite(p_fit) and 0 < p_fit <= 1:
-            handles.append(_draw_fit(ax, d, t, lmax, l_curve, cl_hat[-1], nerr[-1]))
-        else:
-            handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
-                                  + _fit_status(ds, name)))
-        handles.append(Line2D([], [], color="0.3", lw=0.8, drawstyle="steps-mid",
-                              label=r"thin steps: noise $\sigma_\mathcal{N}(\ell)/\hat C_1$ (1$\sigma$) per time"))
-        handles.append(_band_handle(r"below the noise level of the latest time"))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(0.85, lmax * 1.15)
-        bottom = max(min(shown_min, float(bgk_ratio(BGK_REFERENCE_P[0], lmax)[-1])) / 3.0, 1e-8)
-        ax.set_ylim(bottom, shown_max * 2.0)
-        ax.set_xlabel(r"multipole $\ell$")
-        ax.set_ylabel(r"$\hat C_\ell / \hat C_1$,   $\hat C_\ell = \langle C_\ell\rangle - \mathcal{N}$")
-        ax.set_title(_gradient_text(ds, name), fontsize=10)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7.5,
-                  frameon=False)
+        _shape_panel(ax, ds, name, times, colours, l_curve)
     state = ("snapshots in the steady state" if steady else
              rf"no three snapshots past $t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state not reached")
     fig.suptitle("Shape of the angular power spectrum (cf. Mertsch & Ahlers 2015, Fig. 3)", fontsize=11, y=0.99)
     fig.text(0.5, 0.94, f"{_run_label(ds)};  {state}", ha="center", fontsize=8.5, color="0.3")
     return fig
+
+
+def _shape_panel(ax, ds, name: str, times, colours, l_curve) -> None:
+    """One panel of Fig. 3 (one gradient): points, relative part, BGK curves, the fit."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    d = ds.sel(gradient=name)
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    lmax = int(ds.sizes["ell"]) - 1
+    ell = np.arange(1, lmax + 1)
+    handles = []
+    shown_min, shown_max = _shape_points(ax, d, t, times, colours, handles)
+    if "cl_relative" in d and len(times):
+        # The relative part (spectrum of dI - E[dI]) at the earliest time shown, where
+        # the noise is lowest: what the ansatz's v_r(x) describes (docs/validation.md 5.1).
+        k = times[0]
+        rel = np.asarray(d["cl_relative"].values[k], dtype=float) - float(d["noise"].values[k])
+        if rel[1] > 0:
+            r_rel = rel[1:] / rel[1]
+            ok = r_rel > 0
+            ax.plot(ell[ok] * 1.0, r_rel[ok], ls="none", marker="D", ms=5, mfc="none", mec="0.1", mew=0.9,
+                    zorder=3.5)
+            handles.append(Line2D([], [], ls="none", marker="D", ms=5, mfc="none", mec="0.1",
+                                  label=rf"relative part only ($dI - E[dI]$), $t\Omega$ = {t[k]:.3g}"))
+            shown_min = min(shown_min, float(np.min(r_rel[ok])))
+    for p in BGK_REFERENCE_P:
+        ax.plot(l_curve, bgk_ratio(p, lmax)[l_curve - 1], color="0.25", lw=1.3, ls=_BGK_STYLES[p], zorder=2)
+        handles.append(Line2D([], [], color="0.25", lw=1.3, ls=_BGK_STYLES[p],
+                              label=f"BGK eq. 4.7, p = {_frac(p)}"))
+    p_fit = float(d["p_fit"].values)
+    if math.isfinite(p_fit) and 0 < p_fit <= 1:
+        handles.append(_draw_fit(ax, d, t, lmax, l_curve))
+    else:
+        handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
+                              + _fit_status(ds, name)))
+    handles.append(Line2D([], [], color="0.3", lw=0.8, drawstyle="steps-mid",
+                          label=r"thin steps: noise $\sigma_\mathcal{N}(\ell)/\hat C_1$ (1$\sigma$) per time"))
+    handles.append(_band_handle(r"below the noise level of the latest time"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.85, lmax * 1.15)
+    bottom = max(min(shown_min, float(bgk_ratio(BGK_REFERENCE_P[0], lmax)[-1])) / 3.0, 1e-8)
+    ax.set_ylim(bottom, shown_max * 2.0)
+    ax.set_xlabel(r"multipole $\ell$")
+    ax.set_ylabel(r"$\hat C_\ell / \hat C_1$,   $\hat C_\ell = \langle C_\ell\rangle - \mathcal{N}$")
+    ax.set_title(_gradient_text(ds, name), fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7.5,
+              frameon=False)
+
+
+def _shape_points(ax, d, t, times, colours, handles) -> tuple[float, float]:
+    """``C_hat_l / C_hat_1`` with errors and the noise steps of each snapshot; appends
+    legend handles; returns the smallest and largest value shown."""
+    from matplotlib.lines import Line2D
+
+    lmax = int(d.sizes["ell"]) - 1
+    ell = np.arange(1, lmax + 1)
+    cl_hat = np.asarray(d["cl_hat"].values, dtype=float)
+    cl_err = np.asarray(d["cl_err"].values, dtype=float)
+    nerr = np.asarray(d["noise_err"].values, dtype=float)
+    shown_max, shown_min = 1.0, 1.0
+    for n_t, (colour, k) in enumerate(zip(colours, times)):
+        shift = 1.0 + 0.035 * (n_t - (len(times) - 1) / 2.0)  # side by side, not on top
+        c1 = cl_hat[k, 1]
+        label = rf"$t\Omega$ = {t[k]:.3g}"
+        if not c1 > 0:
+            handles.append(Line2D([], [], color=colour, marker="o", ls="none",
+                                  label=label + r": $\hat C_1 \leq 0$, not shown"))
+            continue
+        ratio = cl_hat[k, 1:] / c1
+        rerr = cl_err[k, 1:] / c1
+        band = nerr[k, 1:] / c1
+        pos = ratio > 0
+        if k == times[-1]:  # shade below the latest noise level, outline the others
+            floor = 1e-3 * np.nanmin(band[band > 0]) if np.any(band > 0) else 1e-12
+            ax.fill_between(ell, floor, band, step="mid", color="0.5", alpha=0.18, lw=0, zorder=0.5)
+        ax.step(ell, band, where="mid", color=colour, lw=0.8, alpha=0.9, zorder=1)
+        lo = np.minimum(rerr, ratio - np.maximum(ratio - rerr, 0.02 * ratio))
+        ax.errorbar(ell[pos] * shift, ratio[pos], yerr=[lo[pos], rerr[pos]], fmt="o", ms=4, color=colour,
+                    mfc=colour, capsize=0, lw=1.0, zorder=3)
+        n_neg = int(np.sum(~pos))
+        if n_neg:
+            label += f" ({n_neg} $\\ell$ with $\\hat C_\\ell \\leq 0$ not shown)"
+        handles.append(Line2D([], [], color=colour, marker="o", ls="-", lw=1.0, ms=4, label=label))
+        if np.any(pos):
+            shown_max = max(shown_max, float(np.max(ratio[pos] + rerr[pos])))
+            shown_min = min(shown_min, float(np.min(ratio[pos])))
+    return shown_min, shown_max
 
 
 def _fit_status(ds, name: str) -> str:
@@ -544,39 +507,13 @@ def _fit_status(ds, name: str) -> str:
     return "\n".join(textwrap.wrap(status.replace("l >=", "$\\ell \\geq$"), 44))
 
 
-def _fit_norm(d, lmax: int, cl_hat_last, nerr_last) -> float:
-    """Normalisation ``A`` of the BGK fit (``A C_l/C_1`` with the fitted ``p``).
+def _draw_fit(ax, d, t, lmax: int, l_curve):
+    """The stored BGK fit curve (thick over the fit range), its 1-sigma band; the legend handle.
 
-    The analysis fits with a free normalisation (:func:`crsky.bgk.fit_p`); when it does
-    not store ``A`` (variable ``fit_norm``), ``A`` is recomputed exactly as ``fit_p``
-    profiles it, ``A = sum w r R / sum w R^2`` over the fit range with
-    ``w = (C_hat_1 / sigma_N(l))^2`` (the errors the analysis fits with).
+    The line is the analysis' ``fit_curve`` itself (``fit_norm`` times eq. 4.7 with
+    ``p_fit``), so the figure shows exactly the fitted curve; both lines carry the gid
+    ``"bgk_fit"``.
     """
-    from .bgk import bgk_ratio
-
-    if "fit_norm" in d:
-        value = float(d["fit_norm"].values)
-        if math.isfinite(value) and value > 0:
-            return value
-    p = float(d["p_fit"].values)
-    lo = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
-    hi = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
-    c1 = float(cl_hat_last[1])
-    if lo < 1 or hi < lo or not c1 > 0:
-        return 1.0
-    ells = np.arange(lo, hi + 1)
-    r = np.asarray(cl_hat_last, dtype=float)[ells] / c1
-    sig = np.asarray(nerr_last, dtype=float)[ells] / c1
-    R = bgk_ratio(min(p, 1.0 - 1e-9), hi)[ells - 1]
-    w = np.where(sig > 0, 1.0 / np.where(sig > 0, sig, 1.0) ** 2, 0.0)
-    if not np.any(w > 0):
-        w = np.ones_like(r)
-    den = float(np.sum(w * R * R))
-    return float(np.sum(w * r * R) / den) if den > 0 else 1.0
-
-
-def _draw_fit(ax, d, t, lmax: int, l_curve, cl_hat_last, nerr_last):
-    """The fitted BGK curve (thick over the fit range), its 1-sigma band; the legend handle."""
     from matplotlib.lines import Line2D
 
     from .bgk import bgk_ratio
@@ -586,15 +523,16 @@ def _draw_fit(ax, d, t, lmax: int, l_curve, cl_hat_last, nerr_last):
 
     p_fit = float(d["p_fit"].values)
     p_err = float(d["p_err"].values)
-    amp = _fit_norm(d, lmax, cl_hat_last, nerr_last)
-    lo_fit = int(d["fit_lmin"].values) if "fit_lmin" in d else 2
-    hi_fit = int(d["fit_lmax"].values) if "fit_lmax" in d else lmax
-    ax.plot(l_curve, amp * ratio(p_fit), color="crimson", lw=1.2, ls="-", zorder=2.5, alpha=0.8)
+    amp = float(d["fit_norm"].values)
+    curve = np.asarray(d["fit_curve"].values, dtype=float)[l_curve]
+    lo_fit = int(d["fit_lmin"].values)
+    hi_fit = int(d["fit_lmax"].values)
+    ax.plot(l_curve, curve, color="crimson", lw=1.2, ls="-", zorder=2.5, alpha=0.8, gid="bgk_fit")
     inside = (l_curve >= lo_fit) & (l_curve <= hi_fit)
-    ax.plot(l_curve[inside], amp * ratio(p_fit)[inside], color="crimson", lw=3.0, zorder=2.6, alpha=0.8,
-            solid_capstyle="butt")
-    lo_p = float(d["p_lo"].values) if "p_lo" in d else p_fit - p_err
-    hi_p = float(d["p_hi"].values) if "p_hi" in d else p_fit + p_err
+    ax.plot(l_curve[inside], curve[inside], color="crimson", lw=3.0, zorder=2.6, alpha=0.8,
+            solid_capstyle="butt", gid="bgk_fit")
+    lo_p = float(d["p_lo"].values)
+    hi_p = float(d["p_hi"].values)
     if math.isfinite(lo_p) and math.isfinite(hi_p) and hi_p > lo_p:
         ax.fill_between(l_curve, amp * ratio(lo_p), amp * ratio(hi_p), color="crimson", alpha=0.15, lw=0,
                         zorder=1.5)
@@ -626,7 +564,7 @@ def arrival_map(values) -> np.ndarray:
     """Remap a HEALPix map (RING) from momentum directions ``p_i`` to arrival directions ``-p_i``.
 
     Pixel ``i`` of the input belongs to the particle with momentum direction ``p_i``
-    (SPEC section 1); it arrives from ``-p_i``, the centre of the antipodal pixel
+    (docs/conventions.md); it arrives from ``-p_i``, the centre of the antipodal pixel
     (the HEALPix grid is symmetric under ``n -> -n``, so this is an exact permutation).
 
     Returns
@@ -645,30 +583,25 @@ def arrival_map(values) -> np.ndarray:
     return out
 
 
-def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | None = None, times=None):
+def plot_sky_maps(ds, gradient: str | None = None):
     """Mollweide maps of ``dI`` of one realisation at three times, in arrival directions.
 
-    ``dI_i = [x_i(-T) - 3 K p_i(-T)] . g`` with the ``K`` and ``g`` of the analysis
-    (``K_map``, ``gradient_vector``), remapped with :func:`arrival_map` so that each
-    point of the sky shows the intensity arriving *from* that direction. Coordinates:
-    the simulation frame, ``B0`` along ``+z`` at the north pole, ``+x`` at the centre
-    (longitude 0), longitude increasing to the left (astronomical convention, as
-    ``healpy.mollview``). Top row: ``dI`` minus its sky mean; bottom row: monopole and
-    dipole removed (``healpy.remove_dipole``), the small-scale structure. Each panel has
-    its own symmetric colour scale.
+    The maps are the analysis' ``skymap``: ``dI_i = [x_i(-T) - 3 K p_i(-T)] . g`` of
+    realisation ``skymap_realisation`` at the snapshots ``map_t_omega``, with the
+    ``K_map`` and ``g`` of the analysis. Each is remapped with :func:`arrival_map` so
+    that each point of the sky shows the intensity arriving *from* that direction.
+    Coordinates: the simulation frame, ``B0`` along ``+z`` at the north pole, ``+x`` at
+    the centre (longitude 0), longitude increasing to the left (astronomical
+    convention, as ``healpy.mollview``). Top row: ``dI`` minus its sky mean; bottom
+    row: monopole and dipole removed (``healpy.remove_dipole``), the small-scale
+    structure. Each panel has its own symmetric colour scale.
 
     Parameters
     ----------
-    run_dir : path
-        The run directory (trajectories are read from its store).
     ds : xarray.Dataset
-        The analysis of that run.
+        An analysis.
     gradient : str, optional
         Gradient name; default ``"parallel"`` if present, else the first.
-    realisation : int, optional
-        Realisation index; default the first in the analysis.
-    times : sequence of int, optional
-        Snapshot indices; default :func:`select_map_times`.
 
     Returns
     -------
@@ -676,31 +609,16 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
     """
     import healpy as hp
 
-    from .analysis import relative_intensity
-    from .store import RunStore
-
     names = _gradient_names(ds)
     if gradient is None:
         gradient = "parallel" if "parallel" in names else names[0]
     if gradient not in names:
         raise InputError(f"gradient {gradient!r} is not in the analysis (has {', '.join(names)})")
-    if realisation is None:
-        realisation = int(ds["realisation"].values[0])
-    t = np.asarray(ds["t_omega"].values, dtype=float)
-    times = select_map_times(t) if times is None else np.asarray(times, dtype=int)
-
-    store = RunStore.existing(run_dir)
-    if int(realisation) not in store.completed():
-        raise InputError(f"realisation {realisation} is not complete in {run_dir}")
-    r = store.read_realisation(int(realisation))
-    x = np.asarray(r["x"].values, dtype=float)
-    p = np.asarray(r["p"].values, dtype=float)
-    t_r = np.asarray(r["t_omega"].values, dtype=float)
-    if t_r.shape != t.shape or not np.allclose(t_r, t, rtol=1e-9):
-        raise InputError(f"realisation {realisation} has other snapshot times than the analysis; re-run analyze")
-    g = np.asarray(ds["gradient_vector"].sel(gradient=gradient).values, dtype=float)
-    K_map = np.asarray(ds["K_map"].values, dtype=float)
-    nside = hp.npix2nside(x.shape[1])
+    realisation = int(ds.attrs["skymap_realisation"])
+    t = np.asarray(ds["map_t_omega"].values, dtype=float)
+    maps = np.asarray(ds["skymap"].sel(gradient=gradient).values, dtype=float)  # (map_time, npix)
+    nside = hp.npix2nside(maps.shape[-1])
+    times = range(t.size)
 
     n = len(times)
     fig = _new_figure(4.3 * n + 0.3, 6.6)
@@ -708,8 +626,7 @@ def plot_sky_maps(run_dir, ds, gradient: str | None = None, realisation: int | N
     vec2pix = partial(hp.vec2pix, nside)
     width = 0.96 / n
     for col, k in enumerate(times):
-        dI = relative_intensity(x[k], p[k], g, K_map[k])
-        sky = arrival_map(dI)
+        sky = arrival_map(maps[k])
         mean = float(sky.mean())
         rows = [
             (sky - mean, r"$\delta I - \langle\delta I\rangle_\mathrm{sky}$", f"sky mean {mean:+.3g} removed"),
@@ -857,46 +774,10 @@ def _scale_to(model_ell, model, obs) -> float | None:
     return float(np.exp(np.sum(w * (np.log(o) - np.log(s))) / np.sum(w)))
 
 
-def plot_observed(ds, observed, time=None):
-    """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
-
-    The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
-    its absolute level is not a prediction for the sky. Each simulated curve is therefore
-    scaled by one amplitude ``A`` (:func:`_scale_to`: least squares in ``ln C_l`` with
-    the observed relative errors, over the multipoles both have), which absorbs
-    ``(|grad n / n| L_c)^2`` and the rest; the comparison is of the *shape*. Curves: the simulated ``C_hat_l`` of every gradient at
-    one snapshot (default the last), and the BGK spectrum for ``p = 1/2`` and the fitted
-    ``p`` scaled to the first observed spectrum over all its multipoles. Observed noise
-    levels (if the file has them) are dotted steps, as in the paper's Fig. 1.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        An analysis.
-    observed : ObservedSpectrum or sequence of them
-        From :func:`crsky.observed.read_observed`.
-    time : int, optional
-        Snapshot index of the simulated spectrum; default the last.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
+def _draw_observed(ax, obs_list) -> list:
+    """The measured spectra (and their noise levels); returns the legend handles."""
     from matplotlib.lines import Line2D
 
-    from .bgk import bgk_ratio
-    from .observed import ObservedSpectrum
-
-    obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
-    if not obs_list:
-        raise InputError("no observed spectrum given")
-    t = np.asarray(ds["t_omega"].values, dtype=float)
-    k = t.size - 1 if time is None else int(time)
-    lmax_sim = int(ds.sizes["ell"]) - 1
-    lmax_all = max(lmax_sim, max(int(o.ell.max()) for o in obs_list))
-
-    fig = _new_figure(9.0, 6.0)
-    ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
     handles = []
     markers = ("o", "s", "D", "^", "v")
     obs_colours = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
@@ -914,7 +795,16 @@ def plot_observed(ds, observed, time=None):
         if obs.noise is not None:
             ax.step(obs.ell, obs.noise, where="mid", color=colour, ls=":", lw=1.2)
             handles.append(Line2D([], [], color=colour, ls=":", lw=1.2, label=f"noise level {obs.label}"))
-    ref = obs_list[0]
+    return handles
+
+
+def _draw_simulated(ax, ds, k: int, ref) -> list:
+    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``; the handles."""
+    from matplotlib.lines import Line2D
+
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    lmax_sim = int(ds.sizes["ell"]) - 1
+    handles = []
     sim_colours = ("tab:blue", "tab:red", "tab:green", "tab:orange")
     ell_sim = np.arange(1, lmax_sim + 1)
     for j, name in enumerate(_gradient_names(ds)):
@@ -936,6 +826,16 @@ def plot_observed(ds, observed, time=None):
         handles.append(Line2D([], [], color=colour, marker="s", ms=3.5, ls="-", lw=0.8,
                               label=f"simulated $\\hat C_\\ell$, {short}\n"
                               f"$t\\Omega$ = {t[k]:.3g}, $\\times$ A = {amp:.2g}"))
+    return handles
+
+
+def _draw_scaled_bgk(ax, ds, ref, lmax_all: int) -> list:
+    """Eq. 4.7 for ``p = 1/2`` and the fitted ``p``, each scaled to ``ref``; the handles."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+
+    handles = []
     l_curve = np.unique(np.geomspace(1, lmax_all, 400).round().astype(int))
     curves = [(0.5, "0.25", "-", "BGK p = 1/2")]
     p_fit = float(ds["p_fit"].values[0]) if "p_fit" in ds else float("nan")
@@ -948,6 +848,50 @@ def plot_observed(ds, observed, time=None):
             continue
         ax.plot(l_curve, amp * ratio[l_curve - 1], color=colour, ls=ls, lw=1.4, zorder=2)
         handles.append(Line2D([], [], color=colour, ls=ls, lw=1.4, label=f"{label},\n$\\times$ A = {amp:.2g}"))
+    return handles
+
+
+def plot_observed(ds, observed, time=None):
+    """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
+
+    The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
+    its absolute level is not a prediction for the sky. Each simulated curve is therefore
+    scaled by one amplitude ``A`` (:func:`_scale_to`: least squares in ``ln C_l`` with
+    the observed relative errors, over the multipoles both have), which absorbs
+    ``(|grad n / n| L_c)^2`` and the rest; the comparison is of the *shape*. Curves: the
+    simulated ``C_hat_l`` of every gradient at one snapshot (default the last), and the BGK spectrum for ``p = 1/2`` and the fitted
+    ``p`` scaled to the first observed spectrum over all its multipoles. Observed noise
+    levels (if the file has them) are dotted steps, as in the paper's Fig. 1.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An analysis.
+    observed : ObservedSpectrum or sequence of them
+        From :func:`crsky.observed.read_observed`.
+    time : int, optional
+        Snapshot index of the simulated spectrum; default the last.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .observed import ObservedSpectrum
+
+    obs_list = [observed] if isinstance(observed, ObservedSpectrum) else list(observed)
+    if not obs_list:
+        raise InputError("no observed spectrum given")
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    k = t.size - 1 if time is None else int(time)
+    lmax_sim = int(ds.sizes["ell"]) - 1
+    lmax_all = max(lmax_sim, max(int(o.ell.max()) for o in obs_list))
+
+    fig = _new_figure(9.0, 6.0)
+    ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
+    ref = obs_list[0]
+    handles = _draw_observed(ax, obs_list)
+    handles += _draw_simulated(ax, ds, k, ref)
+    handles += _draw_scaled_bgk(ax, ds, ref, lmax_all)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(0.8, lmax_all * 1.25)
@@ -969,21 +913,19 @@ def plot_observed(ds, observed, time=None):
 # ---------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------
-def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation: int | None = None) -> list[Path]:
+def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path]:
     """Write all figures of a run to ``RUN_DIR/figures/`` (PNG and PDF by default).
 
     Parameters
     ----------
     run_dir : path
-        A run directory; ``analysis.nc`` is computed if missing or out of date
-        (:func:`load_or_analyze`).
+        A run directory with its current analysis (``crsky analyze`` first; see
+        :func:`crsky.analysis.load_current_analysis`). Only ``analysis.nc`` is read.
     observed : path, ObservedSpectrum or sequence of them, optional
         Observed spectra (CSV, :func:`crsky.observed.read_observed`); adds
         ``observed_comparison``. Read and validated before anything is written.
     formats : sequence of str
         Matplotlib output formats.
-    realisation : int, optional
-        Realisation shown in the sky maps (default: the first).
 
     Returns
     -------
@@ -995,9 +937,12 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
     Raises
     ------
     ValueError
-        Bad observed file (one line naming it and the problem), unknown realisation.
+        Bad observed file (one line naming it and the problem).
     crsky.store.RunDirError
-        Not a run directory, or no completed realisation.
+        Not a run directory.
+    crsky.analysis.AnalysisNotCurrentError
+        No current analysis of the run (missing, of an older crsky, of other
+        realisations or another configuration): run ``crsky analyze RUN_DIR`` first.
     """
     from .observed import ObservedSpectrum, read_observed
 
@@ -1006,7 +951,7 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
         items = [observed] if isinstance(observed, (str, os.PathLike, ObservedSpectrum)) else list(observed)
         obs_list = [o if isinstance(o, ObservedSpectrum) else read_observed(o) for o in items]
     _use_agg()
-    ds = load_or_analyze(run_dir)
+    ds = load_current_analysis(run_dir)
     out_dir = Path(run_dir) / FIGURES_DIR
     written: list[Path] = []
 
@@ -1021,7 +966,7 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), realisation:
         emit(plot_spectrum_shape(ds), "fig3_spectrum_shape")
         names = _gradient_names(ds)
         gname = "parallel" if "parallel" in names else names[0]
-        emit(plot_sky_maps(run_dir, ds, gradient=gname, realisation=realisation), f"skymaps_{gname}")
+        emit(plot_sky_maps(ds, gradient=gname), f"skymaps_{gname}")
         emit(plot_diffusion(ds), "diffusion_coefficients")
         if obs_list:
             emit(plot_observed(ds, obs_list), "observed_comparison")

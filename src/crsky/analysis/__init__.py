@@ -1,0 +1,81 @@
+"""From trajectories to anisotropies (Mertsch & Ahlers 2015, sections 2-3).
+
+Data flow, one way:
+
+- :mod:`~crsky.analysis.harmonics`: healpy's transforms (``map2alm``/``anafast``
+  settings, OpenMP threads, packed cross-spectra of the component maps);
+- :mod:`~crsky.analysis.estimators`: small pure functions with named results
+  (diffusion tensors, ``C_l`` of the maps, shot noise, the coherent/relative split,
+  the sum rules, the BGK fit);
+- :mod:`~crsky.analysis.dataset`: the streaming pass over a run, the estimators in
+  order, the assembly of the Dataset and ``analysis.nc``;
+- :mod:`~crsky.analysis.report`: ``summary.json`` and the terminal table, made from
+  the Dataset.
+
+The figures (:mod:`crsky.plots`) read ``analysis.nc`` and nothing else. Definitions
+and units: docs/analysis.md; conventions: docs/conventions.md.
+"""
+
+from .dataset import (
+    ANALYSIS_FILE,
+    AnalysisNotCurrentError,
+    IncompleteEnsembleError,
+    RealisationSummary,
+    analyze_run,
+    load_analysis,
+    load_current_analysis,
+    select_map_times,
+    summarise_realisation,
+    write_analysis,
+)
+from .estimators import (
+    FIT_NSIGMA,
+    GRADIENT_PRESETS,
+    NOISE_MODELS,
+    component_maps,
+    diffusion_tensor,
+    fit_bgk,
+    fit_range,
+    noise_error,
+    relative_diffusion_tensor,
+    relative_intensity,
+    resolve_gradients,
+    shot_noise,
+)
+from .harmonics import anafast_options, angular_power, cross_spectra, sht_threads
+from .report import SUMMARY_FILE, analyze, format_summary, read_summary, summary_dict, write_summary
+
+__all__ = [
+    "GRADIENT_PRESETS",
+    "ANALYSIS_FILE",
+    "SUMMARY_FILE",
+    "FIT_NSIGMA",
+    "NOISE_MODELS",
+    "AnalysisNotCurrentError",
+    "IncompleteEnsembleError",
+    "anafast_options",
+    "sht_threads",
+    "angular_power",
+    "component_maps",
+    "cross_spectra",
+    "diffusion_tensor",
+    "relative_diffusion_tensor",
+    "relative_intensity",
+    "shot_noise",
+    "noise_error",
+    "fit_range",
+    "fit_bgk",
+    "RealisationSummary",
+    "summarise_realisation",
+    "resolve_gradients",
+    "select_map_times",
+    "analyze_run",
+    "write_analysis",
+    "load_analysis",
+    "load_current_analysis",
+    "summary_dict",
+    "format_summary",
+    "write_summary",
+    "read_summary",
+    "analyze",
+]
