@@ -354,3 +354,18 @@ def test_fig3_fit_line_is_the_stored_fit(run):
         np.testing.assert_array_equal(y, curve[x])  # exactly the stored curve
     thick = max(lines, key=lambda line: line.get_linewidth())
     assert set(np.asarray(thick.get_xdata(), dtype=int)) == set(range(lo, hi + 1))
+
+
+def test_observed_with_every_c_ell_negative_is_drawn(run, tmp_path):
+    """A noise-subtracted spectrum may be negative everywhere (the reader allows it):
+    the overlay is still written, with a note that nothing is drawn on the log axis."""
+    from crsky.analysis import load_analysis
+
+    run_dir, _, _ = run
+    path = tmp_path / "negative.csv"
+    path.write_text("ell,C_ell,error\n1,-2e-7,1e-8\n2,-1e-7,1e-8\n3,-5e-8,1e-8\n")
+    fig = plots.plot_observed(load_analysis(run_dir), read_observed(path))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("no observed" in t for t in texts)
+    paths = plots.save_figure(fig, tmp_path / "figs", "observed_comparison")
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -851,6 +851,18 @@ def _draw_scaled_bgk(ax, ds, ref, lmax_all: int) -> list:
     return handles
 
 
+def _no_positive_power(ax, obs_list) -> None:
+    """Say so on the axes when no observed ``C_l`` is positive (a noise-subtracted
+    spectrum may be): nothing can be drawn or scaled on a log axis, so the y range is
+    set from the magnitudes of the values and errors instead of from the data drawn."""
+    mags = np.concatenate([np.abs(np.concatenate([o.cl, o.error])) for o in obs_list])
+    mags = mags[np.isfinite(mags) & (mags > 0)]
+    lo, hi = (mags.min() / 10.0, mags.max() * 10.0) if mags.size else (1e-12, 1.0)
+    ax.set_ylim(lo, hi)
+    ax.text(0.5, 0.5, "no observed $C_\\ell > 0$: nothing to compare on a log scale",
+            transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
+
+
 def plot_observed(ds, observed, time=None):
     """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
 
@@ -893,6 +905,8 @@ def plot_observed(ds, observed, time=None):
     handles += _draw_simulated(ax, ds, k, ref)
     handles += _draw_scaled_bgk(ax, ds, ref, lmax_all)
     ax.set_xscale("log")
+    if not any(np.any(o.cl > 0) for o in obs_list):
+        _no_positive_power(ax, obs_list)
     ax.set_yscale("log")
     ax.set_xlim(0.8, lmax_all * 1.25)
     _clip_bottom(ax, 8.0)
