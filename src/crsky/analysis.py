@@ -36,9 +36,7 @@ import ctypes
 import functools
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ import xarray as xr
 
 from . import __version__, units
 from .errors import InputError
-from .store import RunDirError, RunStore, atomic_write_bytes
+from .store import RunDirError, RunStore, atomic_write_bytes, atomic_write_netcdf
 
 __all__ = [
     "GRADIENT_PRESETS",
@@ -868,31 +866,19 @@ def _fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float, sigma: 
 # Files
 # ---------------------------------------------------------------------------------
 def write_analysis(ds: xr.Dataset, path) -> Path:
-    """Write an analysis Dataset as netCDF4 (h5netcdf) atomically.
-
-    The file is written under a temporary name in the target directory, flushed and
-    renamed into place, so ``path`` is never half-written.
+    """Write an analysis Dataset as netCDF4 (h5netcdf) atomically
+    (:func:`crsky.store.atomic_write_netcdf`: never half-written, umask permissions,
+    a failed write is a one-line :class:`crsky.errors.StorageError`).
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        out = ds.copy()
-        out["gradient"] = out["gradient"].astype(str)
-        out.to_netcdf(tmp, engine="h5netcdf")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    out = ds.copy()
+    out["gradient"] = out["gradient"].astype(str)
+    atomic_write_netcdf(out, path)
+    return Path(path)
 
 
 def load_analysis(path) -> xr.Dataset:
@@ -1007,10 +993,13 @@ def format_summary(summary: dict) -> str:
 # ---------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------
-def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: bool = False, **options):
-    """Analyse a run and write ``RUN_DIR/analysis.nc`` and ``RUN_DIR/summary.json`` atomically.
+def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: bool = False,
+            out_dir=None, write: bool = True, **options):
+    """Analyse a run and write ``analysis.nc`` and ``summary.json`` atomically.
 
-    Parameters are those of :func:`analyze_run` (``options``: ``noise``, ``fit_nsigma``).
+    Parameters are those of :func:`analyze_run` (``options``: ``noise``, ``fit_nsigma``),
+    and ``out_dir`` (default ``run_dir``), the directory the two files go to, and
+    ``write`` (``False``: write nothing, e.g. for a read-only run).
 
     Returns
     -------
@@ -1020,8 +1009,9 @@ def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: 
         :func:`summary_dict` of it (what ``summary.json`` holds).
     """
     ds = analyze_run(run_dir, gradients=gradients, K=K, lmax=lmax, progress=progress, **options)
-    run_dir = Path(run_dir)
-    write_analysis(ds, run_dir / ANALYSIS_FILE)
+    out_dir = Path(run_dir if out_dir is None else out_dir)
     summary = summary_dict(ds)
-    atomic_write_bytes(run_dir / SUMMARY_FILE, (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode())
+    if write:
+        write_analysis(ds, out_dir / ANALYSIS_FILE)
+        atomic_write_bytes(out_dir / SUMMARY_FILE, (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode())
     return ds, summary
