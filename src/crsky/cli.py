@@ -74,7 +74,7 @@ def _cmd_analyze(args) -> int:
     # A read-only (archived) run without --out: analyse, print, and say where it could not write.
     writable = os.access(out_dir, os.W_OK) and not _read_only_fs(out_dir)
     with store.lock(exclusive=False, clean=writable and not args.out):
-        _, summary = analyze(store.path, progress=not args.json, out_dir=out_dir if writable else None)
+        _, summary = analyze(store.path, progress=not args.json, out_dir=out_dir, write=writable)
     print(json.dumps(summary) if args.json else format_summary(summary))
     if not writable:
         raise StorageError(f"cannot write analysis.nc and summary.json into {out_dir} (read-only); the summary "

@@ -111,7 +111,8 @@ def _default_mode() -> int:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    """A size for people: KiB below 1 MiB, else MiB."""
+    return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def storage_error(exc: OSError, path, needed: int | None = None) -> StorageError:
@@ -332,8 +333,11 @@ _HELD_GUARD = threading.Lock()
 
 
 def _holder_record(exclusive: bool) -> dict:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("cli.py", "__main__.py"):  # python -m crsky.cli
+        program = "crsky"
     return {"pid": os.getpid(), "host": platform.node(), "mode": "write" if exclusive else "read",
-            "since": _now(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+            "since": _now(), "command": " ".join([program, *sys.argv[1:]])[:300]}
 
 
 def _read_holders(lock_path: Path) -> list[dict]:
@@ -517,23 +521,28 @@ class RunStore:
 
     def _locked_error(self, exclusive: bool) -> RunLockedError:
         holders = _read_holders(self.path / LOCK)
-        writers = [h for h in holders if h.get("mode") == "write"]
+        # An exclusive holder truncates the file: the records after the last writer's
+        # are readers that came after it (so that writer is gone); none: it still writes.
+        last_writer = max((i for i, h in enumerate(holders) if h.get("mode") == "write"), default=None)
+        if last_writer is not None:
+            holders = holders[last_writer + 1:] or holders[last_writer:]
+        current = [h for h in holders if _alive(h) and h["pid"] != os.getpid()] or holders
+        writers = [h for h in current if h.get("mode") == "write"]
         if not exclusive and writers:
             return RunLockedError(
                 f"run directory {self.path} is being written by {_describe(writers[-1])}; wait for it to "
                 "finish (or analyse a copy of the directory)")
-        alive = [h for h in holders if _alive(h)]
-        if exclusive and alive:
-            names = "; ".join(_describe(h) for h in alive[-3:])
+        if current:
+            names = "; ".join(_describe(h) for h in current[-3:])
             return RunLockedError(f"run directory {self.path} is in use by {names}; wait for it to finish")
         return RunLockedError(f"run directory {self.path} is locked by another crsky process; wait for it "
                               "to finish")
 
     def _release(self, fd: int | None, created_dir, created_lock: bool) -> None:
-        # Leave no trace of a start that created nothing else: the lock file goes
-        # first (while still locked, so that nobody holds a lock on an unlinked file
-        # unknowingly: every locker checks the name after locking).
-        if fd is not None and created_lock and not _entries(self.path):
+        # Leave no trace of a refused start: a lock file made here goes unless the
+        # directory now holds a crsky run; it goes while still locked, and every
+        # locker checks after locking that its file is still the one under the name.
+        if fd is not None and created_lock and self._not_a_run_reason() is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path / LOCK)
         if fd is not None:
@@ -861,6 +870,8 @@ class RunStore:
             return None, ("is missing (a dangling symbolic link)" if os.path.islink(path) else "is missing")
         except OSError as exc:
             if exc.errno == errno.ELOOP:
+                if not os.path.exists(path):
+                    return None, "is missing (a dangling symbolic link)"
                 return None, "is a symbolic link; a realisation must be a regular file"
             return None, f"cannot be read: {exc.strerror}"
         with os.fdopen(fd, "rb") as fh:
