@@ -180,14 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=_positive_int, default=1,
                        help="local worker processes (default 1: this process, all cores)")
     run.add_argument("--force", action="store_true",
-                     help="delete an existing run of another configuration in RUN_DIR and start over")
+                     help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
+                     "files are kept) and run anew (docs/rundir.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser(
         "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
-        description="Analyse RUN_DIR (SPEC section 4): writes RUN_DIR/analysis.nc (xarray) and "
-        "RUN_DIR/summary.json, and prints a summary table.",
+        description="Analyse RUN_DIR: verifies every realisation against the manifest, writes "
+        "analysis.nc (xarray) and summary.json into RUN_DIR (or --out DIR), and prints a summary table.",
     )
     analyze.add_argument("run_dir", help="run directory written by crsky run")
     analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
