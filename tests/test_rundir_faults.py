@@ -482,12 +482,14 @@ def test_full_disk_during_run_and_analyze(tmpfs, config_file, capsys):
     assert not (out / "analysis.nc").exists() and not list(out.glob("*.tmp"))
 
 
-@pytest.fixture
-def read_only_run(run, tmpfs):
-    """The tiny run on a file system remounted read-only (an archived run)."""
+@pytest.fixture(params=["with_lock_file", "without_lock_file"])
+def read_only_run(run, tmpfs, request):
+    """The tiny run on a file system remounted read-only (an archived run), with its
+    lock file (used read-only) or without (archives may leave it out)."""
     archived = tmpfs / "archived"
     shutil.copytree(run, archived)
-    (archived / LOCK).unlink()  # archives rarely keep it; the fallback must cope
+    if request.param == "without_lock_file":
+        (archived / LOCK).unlink()
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     return archived
 

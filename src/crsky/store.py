@@ -208,7 +208,13 @@ def atomic_write_bytes(path, data, *, overwrite: bool = True) -> None:
 
 def netcdf_bytes(ds: xr.Dataset) -> memoryview:
     """``ds`` serialised as netCDF4 (HDF5, engine h5netcdf) in memory."""
-    return ds.to_netcdf(engine="h5netcdf")
+    import dask
+
+    # In a dask.distributed worker xarray would guard the write with a cluster-wide
+    # lock named after the target, which an in-memory target does not have; the
+    # arrays are in memory, so the synchronous scheduler is exact and enough.
+    with dask.config.set(scheduler="synchronous"):
+        return ds.to_netcdf(engine="h5netcdf")
 
 
 def atomic_write_netcdf(ds: xr.Dataset, path, *, overwrite: bool = True) -> dict:
@@ -840,14 +846,16 @@ class RunStore:
         """Yield ``(index, Dataset)`` for the completed realisations, one at a time,
         each verified as in :meth:`read_realisation` (streaming, low memory).
 
-        Holds the shared lock while iterating, so a writer cannot start meanwhile and
-        a running writer is reported (:class:`RunLockedError`).
+        A run being written is refused (:class:`RunLockedError`, naming the writer):
+        the shared lock is taken to read the manifest. Hold :meth:`lock` around the
+        whole analysis (as ``crsky analyze`` does) to keep writers out until it ends;
+        a generator left suspended must not keep the lock.
         """
         with self.lock(exclusive=False):
             manifest = self.manifest()
-            for key in sorted(manifest["realisations"], key=int):
-                index = int(key)
-                yield index, self._read_verified(index, manifest["realisations"][key], manifest["config_sha256"])
+        for key in sorted(manifest["realisations"], key=int):
+            index = int(key)
+            yield index, self._read_verified(index, manifest["realisations"][key], manifest["config_sha256"])
 
     def _read_verified(self, index: int, record: dict | None, config_sha256: str) -> xr.Dataset:
         path = self.realisation_path(index)
