@@ -172,38 +172,42 @@ def atomic_write_bytes(path, data, *, overwrite: bool = True) -> None:
         ``overwrite=False`` and ``path`` exists.
     """
     path = Path(path)
-    data = memoryview(data)
+    data = memoryview(data).cast("B")
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise storage_error(exc, path, data.nbytes) from None
     try:
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                written = 0
-                while written < data.nbytes:  # os.write: a failure is an OSError, never a crash
-                    written += os.write(fh.fileno(), data[written:])
-                os.fsync(fh.fileno())
-            os.chmod(tmp, _default_mode())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)  # atomic, and fails rather than overwrite
-                except FileExistsError:
-                    raise
-                except OSError:  # file systems without hard links
-                    if os.path.lexists(path):
-                        raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
-                    os.replace(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            raise storage_error(exc, path, data.nbytes) from None
+        with os.fdopen(fd, "wb") as fh:
+            written = 0
+            while written < data.nbytes:  # os.write: a failure is an OSError, never a crash
+                written += os.write(fh.fileno(), data[written:])
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_into_place(tmp, path)
         _fsync_dir(path.parent)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, path, data.nbytes) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _link_into_place(tmp: str, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists (then FileExistsError)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails rather than overwrite
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
 
 
 def netcdf_bytes(ds: xr.Dataset) -> memoryview:
@@ -396,8 +400,7 @@ class RunStore:
         """Hold the run directory's OS lock (``fcntl.flock`` on ``crsky.lock``).
 
         ``exclusive=True`` (``crsky run``): no other crsky process may use the
-        directory; abandoned temporary files are removed once the lock is taken.
-        ``exclusive=False`` (``crsky analyze``, ``crsky plot``): readers share the lock,
+        directory. ``exclusive=False`` (``crsky analyze``, ``crsky plot``): readers share the lock,
         a writer excludes them. The lock file records who holds it (pid, host,
         command), so that a refusal names the holder. The OS releases the lock when
         the process ends, however it ends. Re-entrant within a process.
@@ -416,9 +419,10 @@ class RunStore:
             before sharing; only for a process that holds the lock for a whole
             command, since library callers may write without it.
         create_dir : bool
-            Create the directory if missing (writer). A directory created here, or a
-            lock file created here, is removed again on exit if nothing else was put
-            into the directory, so a refused start leaves no trace.
+            Create the directory if missing (writer). A lock file created here is
+            removed again on exit unless the directory then holds a crsky run, and a
+            directory created here if it is then empty, so a refused start leaves no
+            trace.
 
         Raises
         ------
