@@ -480,7 +480,8 @@ class RunStore:
             created_dir = missing
         elif not p.is_dir():
             raise RunDirError(f"output {p} exists and is not a directory")
-        elif exclusive and not (p / CONFIG).exists() and not (p / MANIFEST).exists() and _entries(p):
+        elif (exclusive and not os.path.lexists(lock_path) and not (p / CONFIG).exists()
+              and not (p / MANIFEST).exists() and _entries(p)):
             raise RunDirError(
                 f"output {p} exists, is not empty and is not a crsky run directory (no config.toml); "
                 "crsky writes nothing there, not even with --force: choose another --out")
@@ -627,10 +628,8 @@ class RunStore:
                 if recorded != config.digest():
                     raise RunDirError(f"{p / MANIFEST} belongs to another configuration than {p / CONFIG}; "
                                       "the run directory has been edited: restore the original files")
-            try:
-                (p / REALISATIONS).mkdir(exist_ok=True)
-            except OSError as exc:
-                raise RunDirError(f"cannot write run directory {p}: {exc.strerror or exc}") from None
+            # config.toml first: a start killed at any point leaves either nothing but
+            # the lock file, or a config.toml that the next start resumes from.
             if not (p / CONFIG).exists():
                 atomic_write_bytes(p / CONFIG, config.to_toml().encode())
             if not (p / MANIFEST).exists():
@@ -640,6 +639,10 @@ class RunStore:
                     {"format": _FORMAT, "crsky_version": __version__, "config_sha256": config.digest(),
                      "created": _now(), "realisations": {}, "sessions": []}
                 )
+            try:
+                (p / REALISATIONS).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, p / REALISATIONS) from None
             store._clean_temporaries()  # abandoned: we hold the exclusive lock
             store._reconcile(config)
         return store
