@@ -12,7 +12,7 @@ import json
 import sys
 
 from . import __version__
-from .errors import InputError, NonFiniteError
+from .errors import InputError, NonFiniteError, StorageError
 
 __all__ = ["main"]
 
@@ -39,6 +39,7 @@ def _positive_int(text: str) -> int:
 def _cmd_run(args) -> int:
     from .config import LARGE_RUN_BYTES, check_resources, load_config
     from .ensemble import run_ensemble
+    from .store import RunStore
 
     config = load_config(args.config, preset=args.preset)
     # before the run directory exists: a refused size leaves nothing behind
@@ -46,38 +47,70 @@ def _cmd_run(args) -> int:
     estimate = check_resources(config, args.out, workers=workers)
     if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
         print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
-    store = run_ensemble(
-        config, args.out, backend=args.backend, workers=args.workers,
-        scheduler=args.scheduler, force=args.force, progress=not args.quiet,
-    )
+    # The exclusive lock for the whole run: a second run or an analyze is refused
+    # (naming this process) until it ends; the OS releases it however it ends.
+    with RunStore(args.out).lock(exclusive=True, create_dir=True):
+        store = run_ensemble(
+            config, args.out, backend=args.backend, workers=args.workers,
+            scheduler=args.scheduler, force=args.force, progress=not args.quiet,
+        )
+        if store.foreign_files:
+            names = ", ".join(store.foreign_files[:5]) + (" ..." if len(store.foreign_files) > 5 else "")
+            print(f"crsky: warning: --force kept {len(store.foreign_files)} files crsky did not write in "
+                  f"{store.path}: {names}", file=sys.stderr)
     done = len(store.completed())
     print(f"crsky run: {done}/{config.ensemble.realisations} realisations complete in {store.path}")
     return 0
 
 
 def _cmd_analyze(args) -> int:
+    import os
+    from pathlib import Path
+
     from .analysis import analyze, format_summary
     from .store import RunStore
 
-    RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
-    _, summary = analyze(args.run_dir, progress=not args.json, partial=args.partial)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(format_summary(summary))
-        print(f"\nwrote {args.run_dir}/analysis.nc and {args.run_dir}/summary.json")
+    store = RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
+    out_dir = Path(args.out) if args.out else store.path
+    if args.out:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    # A read-only (archived) run without --out: analyse, print, and say where it could not write.
+    writable = os.access(out_dir, os.W_OK) and not _read_only_fs(out_dir)
+    with store.lock(exclusive=False, clean=writable and not args.out):
+        _, summary = analyze(store.path, progress=not args.json, out_dir=out_dir, write=writable,
+                             partial=args.partial)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if not writable:
+        raise StorageError(f"cannot write analysis.nc and summary.json into {out_dir} (read-only); the summary "
+                           "above is complete: rerun with --out DIR to keep the files")
+    if not args.json:
+        print(f"\nwrote {out_dir}/analysis.nc and {out_dir}/summary.json")
     return 0
+
+
+def _read_only_fs(path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only (os.access ignores that for root)."""
+    import os
+
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _cmd_plot(args) -> int:
     from .store import RunStore
 
-    RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
+    store = RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
     from .analysis import SUMMARY_FILE, read_summary
     from .plots import make_figures
 
-    paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
-    _, regenerated = read_summary(args.run_dir)
+    with store.lock(exclusive=False, clean=True):  # no run may write while the figures are drawn
+        paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
+        _, regenerated = read_summary(args.run_dir)
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
               "remade it from analysis.nc", file=sys.stderr)
@@ -92,6 +125,7 @@ def _cmd_reproduce(args) -> int:
     from .config import check_resources, load_config
     from .ensemble import run_ensemble
     from .plots import make_figures
+    from .store import RunStore
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(None, preset=args.preset)
@@ -99,9 +133,10 @@ def _cmd_reproduce(args) -> int:
     print(f"crsky reproduce: preset {args.preset} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
-    run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
-    _, summary = analyze(out, progress=True)  # then the figures, from the analysis just written
-    paths = make_figures(out)
+    with RunStore(out).lock(exclusive=True, create_dir=True):
+        run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
+        _, summary = analyze(out, progress=True)  # then the figures, from the analysis just written
+        paths = make_figures(out)
     print(format_summary(summary))
     print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}\nfigures: {out / 'figures'}/ "
           f"({len(paths)} files)")
@@ -160,21 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=_positive_int, default=1,
                        help="local worker processes (default 1: this process, all cores)")
     run.add_argument("--force", action="store_true",
-                     help="delete an existing run of another configuration in RUN_DIR and start over")
+                     help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
+                     "files are kept) and run anew (docs/rundir.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser(
         "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
-        description="Analyse RUN_DIR (docs/analysis.md): writes RUN_DIR/analysis.nc (xarray), then "
-        "RUN_DIR/summary.json, and prints a summary table. A run with fewer realisations complete "
-        "than configured is refused unless --partial is given.",
+        description="Analyse RUN_DIR (docs/analysis.md): verifies every realisation against the "
+        "manifest, writes analysis.nc (xarray), then summary.json, into RUN_DIR (or --out DIR), and "
+        "prints a summary table. A run with fewer realisations complete than configured is refused "
+        "unless --partial is given.",
     )
     analyze.add_argument("run_dir", help="run directory written by crsky run")
     analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     analyze.add_argument("--partial", action="store_true",
                          help="analyse an incomplete ensemble; the table, summary.json and analysis.nc "
                          "say 'N of M realisations' and complete = false")
+    analyze.add_argument("--out", metavar="DIR",
+                         help="write analysis.nc and summary.json to DIR instead of RUN_DIR (e.g. for a "
+                         "read-only, archived run)")
     analyze.set_defaults(func=_cmd_analyze)
 
     plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
@@ -240,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included
         return _report(f"crsky: error: {exc}", 2, debug)
+    except StorageError as exc:  # a write failed (full disk, read-only): one line
+        return _report(f"crsky: error: {exc}", 1, debug)
     except KeyboardInterrupt:
         return _report("crsky: interrupted; run the same command again to resume", 130, debug)
     except NonFiniteError as exc:
