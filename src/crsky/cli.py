@@ -35,15 +35,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def _executor_options(args) -> dict:
+    """``run_ensemble`` keywords of the executor options shared by ``run`` and ``reproduce``."""
+    from .scheduler import CONNECT_TIMEOUT_S
+
+    if args.connect_timeout is not None and args.scheduler is None:
+        raise UsageError("--connect-timeout applies only with --scheduler")
+    timeout = CONNECT_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
+    return {"workers": args.workers, "scheduler": args.scheduler, "connect_timeout": timeout}
+
+
+def _add_executor_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="dask.distributed scheduler address, [tcp://]HOST:PORT")
+    group.add_argument("--workers", type=_positive_int, default=1,
+                       help="local worker processes (default 1: this process, all cores); "
+                       "at most one per CPU core and per pending realisation")
+    parser.add_argument("--connect-timeout", type=_positive_seconds, metavar="SECONDS",
+                        help="seconds to wait for the scheduler to answer (default 30)")
+
+
 def _cmd_run(args) -> int:
     from .config import load_config
     from .ensemble import run_ensemble
 
     config = load_config(args.config, preset=args.preset)
-    store = run_ensemble(
-        config, args.out, backend=args.backend, workers=args.workers,
-        scheduler=args.scheduler, force=args.force, progress=not args.quiet,
-    )
+    options = _executor_options(args)
+    store = run_ensemble(config, args.out, backend=args.backend, force=args.force, progress=not args.quiet,
+                         **options)
     done = len(store.completed())
     print(f"crsky run: {done}/{config.ensemble.realisations} realisations complete in {store.path}")
     return 0
@@ -84,10 +114,11 @@ def _cmd_reproduce(args) -> int:
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(None, preset=args.preset)
+    options = _executor_options(args)
     print(f"crsky reproduce: preset {args.preset} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
-    run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
+    run_ensemble(config, out, backend=args.backend, progress=True, **options)
     _, summary = analyze(out, progress=True)
     paths = make_figures(out)
     print(format_summary(summary))
@@ -141,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="base configuration that CONFIG overrides (default: quick)")
     run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
                      help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
-    group.add_argument("--workers", type=_positive_int, default=1,
-                       help="local worker processes (default 1: this process, all cores)")
+    _add_executor_options(run)
     run.add_argument("--force", action="store_true",
                      help="delete an existing run of another configuration in RUN_DIR and start over")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -174,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="quick (minutes on a laptop, default) or paper (SPEC section 6)")
     reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
     reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto")
-    reproduce.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    _add_executor_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (seed eq. 4.7)",
@@ -194,9 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    """One line: what stopped the run, what is complete, how to resume."""
+    name = getattr(exc, "signum", None)
+    what = f"interrupted by {exc}" if name is not None else "interrupted"
+    if getattr(exc, "completed", None) is not None:
+        what += f"; {exc.completed}/{exc.total} realisations complete in {exc.run_dir}"
+    return f"{what}; run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crsky`` command; returns the exit code."""
     from .backends import BackendError, configure_cpu_vectors
+    from .scheduler import SchedulerError
 
     parser = build_parser()
     try:
@@ -206,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included
         print(f"crsky: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("crsky: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # RunInterrupted (SIGINT, SIGTERM) included
+        print(f"crsky: {_interrupted_message(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    except SchedulerError as exc:  # a well-formed address where no Dask scheduler answers
+        print(f"crsky: error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         import traceback
 
