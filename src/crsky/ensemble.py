@@ -57,10 +57,10 @@ __all__ = [
     "WORKER_MEMORY_MB",
 ]
 
-#: Approximate resident memory of one local worker process in MB (interpreter,
-#: numba, xarray/HDF5 and one realisation of the paper preset): the reason
-#: ``--workers`` is capped at the number of cores rather than left open.
-WORKER_MEMORY_MB = 300
+#: Resident memory of one local worker process in MB (interpreter, numba, xarray and
+#: HDF5; 345 MB measured with the quick preset, more for larger ``nside``): the
+#: reason ``--workers`` is capped at the number of cores rather than left open.
+WORKER_MEMORY_MB = 350
 #: Seconds a terminated local worker gets to remove its temporary file and exit
 #: before it is killed.
 WORKER_GRACE_S = 3.0
