@@ -356,6 +356,15 @@ def run_ensemble(
     return store
 
 
+def _open_executor(kind: str, workers: int | None, client, stack: contextlib.ExitStack):
+    """The executor of ``kind``, entered into ``stack``, and the task function it runs."""
+    if kind == "serial":
+        return SerialExecutor(), compute_realisations
+    if kind == "processes":
+        return stack.enter_context(_process_pool(workers)), _worker_task
+    return stack.enter_context(_dask_executor(client)), compute_realisations
+
+
 def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int, client, scheduler,
                  progress: bool) -> None:
     """Compute the pending realisations of ``store`` on the chosen executor and record
@@ -397,13 +406,8 @@ def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int,
         # Leaving this block ends the executor; on an exception (a signal included)
         # without draining its queue, so nothing runs while the manifest is updated.
         with contextlib.ExitStack() as stack:
-            if kind == "serial":
-                executor, size = SerialExecutor(), batch_size(config, backend)
-            elif kind == "processes":
-                executor, size = stack.enter_context(_process_pool(workers)), 1
-            else:
-                executor, size = stack.enter_context(_dask_executor(client)), 1
-            task = _worker_task if kind == "processes" else compute_realisations
+            executor, task = _open_executor(kind, workers, client, stack)
+            size = batch_size(config, backend) if kind == "serial" else 1
             args = (str(store.path), config.to_toml())
             for first in range(0, len(pending), size):
                 batch = pending[first:first + size]
