@@ -137,6 +137,7 @@ class SerialExecutor(Executor):
 
 
 _worker_in_task = False
+_worker_stopping = False
 
 
 class _WorkerStop(BaseException):
@@ -144,6 +145,8 @@ class _WorkerStop(BaseException):
 
 
 def _worker_sigterm(signum, frame):
+    global _worker_stopping
+    _worker_stopping = True
     if not _worker_in_task:  # idle: nothing to clean up
         os._exit(128 + signum)
     raise _WorkerStop
@@ -184,6 +187,8 @@ def _worker_task(run_dir: str, config_toml: str, indices: list[int], backend: st
         os._exit(128 + signal.SIGTERM)
     finally:
         _worker_in_task = False
+        if _worker_stopping:  # SIGTERM as the task ended: exit rather than take the next
+            os._exit(128 + signal.SIGTERM)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
