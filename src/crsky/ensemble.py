@@ -28,6 +28,7 @@ also watch the driver: if it dies (SIGKILL included) they exit within
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import platform
@@ -173,6 +174,7 @@ def _init_worker(threads: int, parent_pid: int) -> None:
     numba.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
+    _redeliver_from_finalisers(_WorkerStop, lambda exc: signal.SIGTERM)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="crsky-parent-watch", daemon=True).start()
 
 
@@ -266,6 +268,34 @@ def local_worker_count(requested: int, pending: int) -> tuple[int, str | None]:
 
 
 # -- signals -------------------------------------------------------------------
+def _kill_later(pid: int, signum: int) -> None:
+    time.sleep(0.05)
+    os.kill(pid, signum)
+
+
+def _redeliver_from_finalisers(exc_type: type[BaseException], signum_of) -> None:
+    """Install a ``sys.unraisablehook`` that sends the signal again when its exception
+    was raised inside a finaliser.
+
+    A signal handler's exception that lands in a ``__del__`` or a weakref callback is
+    dropped by Python with an "Exception ignored" traceback, and the signal would be
+    lost. Sending the signal again runs the handler once more, at a bytecode
+    boundary after the finaliser. It is sent from a new low-level thread that the
+    hook does not wait for: ``os.kill`` to this process from this thread, or
+    ``threading.Thread.start`` (which waits), would run the handler inside the hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, exc_type):
+            signum = signum_of(unraisable.exc_value)
+            _thread.start_new_thread(_kill_later, (os.getpid(), signum))
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _signals_raise_interrupted():
     """SIGINT and SIGTERM raise :class:`RunInterrupted` (once) in the main thread.
@@ -277,17 +307,24 @@ def _signals_raise_interrupted():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
+    raised: list[int] = []
 
     def handler(signum, frame):
-        if not received:
-            received.append(signum)
+        if not raised:
+            raised.append(signum)
             raise RunInterrupted(signum)
 
+    def signum_of(exc: RunInterrupted) -> int:
+        raised.clear()  # it was dropped: the next delivery raises again
+        return exc.signum
+
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    _redeliver_from_finalisers(RunInterrupted, signum_of)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for signum, action in previous.items():
             signal.signal(signum, action)
 
