@@ -219,6 +219,13 @@ def _process_pool(workers: int):
     threads = max(1, _cores() // workers)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, os.getpid()))
+    # When the workers are terminated, the pool's own shutdown may still write its
+    # stop sentinels to them; the broken pipe is expected then, and without this
+    # switch of multiprocessing's queue (read when its feeder thread starts, at the
+    # first task) the feeder thread prints a BrokenPipeError traceback.
+    call_queue = getattr(pool, "_call_queue", None)
+    if call_queue is not None and hasattr(call_queue, "_ignore_epipe"):
+        call_queue._ignore_epipe = True
     try:
         yield pool
     except BaseException:
