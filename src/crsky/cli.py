@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _interrupted_message(exc: KeyboardInterrupt) -> str:
     """One line: what stopped the run, what is complete, how to resume."""
-    name = getattr(exc, "signum", None)
-    what = f"interrupted by {exc}" if name is not None else "interrupted"
+    # RunInterrupted names its signal; a plain KeyboardInterrupt (outside a run) does not
+    what = f"interrupted by {exc}" if getattr(exc, "signum", None) is not None else "interrupted"
     if getattr(exc, "completed", None) is not None:
         what += f"; {exc.completed}/{exc.total} realisations complete in {exc.run_dir}"
     return f"{what}; run the same command again to resume"
