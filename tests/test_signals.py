@@ -205,12 +205,16 @@ def test_sigkill_of_the_driver_ends_its_workers(tmp_path, same_build_env):
 
 def test_sigterm_with_dask_cancels_queued_tasks(tmp_path, same_build_env):
     distributed = pytest.importorskip("dask.distributed")
+    def crsky_tasks(dask_scheduler):
+        return [str(key) for key in dask_scheduler.tasks if str(key).startswith("crsky-")]
+
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         proc, run = start_run(tmp_path, same_build_env, "--scheduler", cluster.scheduler_address)
         try:
             wait_until(lambda: first_file(run) or proc.poll() is not None, 120, "the first realisation")
             assert proc.poll() is None, "the run finished before it could be interrupted"
+            assert client.run_on_scheduler(crsky_tasks), "the run's tasks are not on the scheduler"
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=60)
@@ -224,9 +228,6 @@ def test_sigterm_with_dask_cancels_queued_tasks(tmp_path, same_build_env):
         assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
         # The scheduler forgets the run's tasks: none is left queued.
-        def crsky_tasks(dask_scheduler):
-            return [str(key) for key in dask_scheduler.tasks if str(key).startswith("crsky-")]
-
         wait_until(lambda: not client.run_on_scheduler(crsky_tasks), 10, "the run's tasks to be cancelled")
     store = assert_recorded_files_complete(run)
     assert len(store.completed()) < CONFIG["ensemble"]["realisations"]
