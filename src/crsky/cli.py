@@ -36,12 +36,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def _executor_options(args) -> dict:
+    """``run_ensemble`` keywords of the executor options shared by ``run`` and ``reproduce``."""
+    from .scheduler import CONNECT_TIMEOUT_S
+
+    if args.connect_timeout is not None and args.scheduler is None:
+        raise UsageError("--connect-timeout applies only with --scheduler")
+    timeout = CONNECT_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
+    return {"workers": args.workers, "scheduler": args.scheduler, "connect_timeout": timeout}
+
+
+def _add_executor_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="dask.distributed scheduler address, [tcp://]HOST:PORT")
+    group.add_argument("--workers", type=_positive_int, default=1,
+                       help="local worker processes (default 1: this process, all cores); "
+                       "at most one per CPU core and per pending realisation")
+    parser.add_argument("--connect-timeout", type=_positive_seconds, metavar="SECONDS",
+                        help="seconds to wait for the scheduler to answer (default 30)")
+
+
 def _cmd_run(args) -> int:
     from .config import LARGE_RUN_BYTES, check_resources, load_config
     from .ensemble import run_ensemble
     from .store import RunStore
 
     config = load_config(args.config, preset=args.preset)
+    options = _executor_options(args)
     # before the run directory exists: a refused size leaves nothing behind
     workers = 1 if args.scheduler else args.workers
     estimate = check_resources(config, args.out, workers=workers)
@@ -50,10 +82,8 @@ def _cmd_run(args) -> int:
     # The exclusive lock for the whole run: a second run or an analyze is refused
     # (naming this process) until it ends; the OS releases it however it ends.
     with RunStore(args.out).lock(exclusive=True, create_dir=True):
-        store = run_ensemble(
-            config, args.out, backend=args.backend, workers=args.workers,
-            scheduler=args.scheduler, force=args.force, progress=not args.quiet,
-        )
+        store = run_ensemble(config, args.out, backend=args.backend, force=args.force,
+                             progress=not args.quiet, **options)
         if store.foreign_files:
             names = ", ".join(store.foreign_files[:5]) + (" ..." if len(store.foreign_files) > 5 else "")
             print(f"crsky: warning: --force kept {len(store.foreign_files)} files crsky did not write in "
@@ -129,12 +159,13 @@ def _cmd_reproduce(args) -> int:
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(None, preset=args.preset)
-    check_resources(config, out, workers=args.workers)
+    options = _executor_options(args)
+    check_resources(config, out, workers=1 if args.scheduler else args.workers)
     print(f"crsky reproduce: preset {args.preset} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
     with RunStore(out).lock(exclusive=True, create_dir=True):
-        run_ensemble(config, out, backend=args.backend, workers=args.workers, progress=True)
+        run_ensemble(config, out, backend=args.backend, progress=True, **options)
         _, summary = analyze(out, progress=True)  # then the figures, from the analysis just written
         paths = make_figures(out)
     print(format_summary(summary))
@@ -190,10 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="base configuration that CONFIG overrides (default: quick)")
     run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
                      help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
-    group.add_argument("--workers", type=_positive_int, default=1,
-                       help="local worker processes (default 1: this process, all cores)")
+    _add_executor_options(run)
     run.add_argument("--force", action="store_true",
                      help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
                      "files are kept) and run anew (docs/rundir.md)")
@@ -233,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="quick (minutes on a laptop, default) or paper (the paper's ensemble)")
     reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
     reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto")
-    reproduce.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    _add_executor_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (Mertsch & Ahlers 2015, eq. 4.7)",
@@ -260,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
 _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
 
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    """One line: what stopped the run, what is complete, how to resume."""
+    # RunInterrupted names its signal; a plain KeyboardInterrupt (outside a run) does not
+    what = f"interrupted by {exc}" if getattr(exc, "signum", None) is not None else "interrupted"
+    if getattr(exc, "completed", None) is not None:
+        what += f"; {exc.completed}/{exc.total} realisations complete in {exc.run_dir}"
+    return f"{what}; run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crsky`` command; returns the exit code.
 
@@ -269,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     Every error is one line on stderr; ``--debug`` adds the traceback.
     """
     from .backends import BackendError, configure_cpu_vectors
+    from .scheduler import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # until the arguments are parsed
@@ -282,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report(f"crsky: error: {exc}", 2, debug)
     except StorageError as exc:  # a write failed (full disk, read-only): one line
         return _report(f"crsky: error: {exc}", 1, debug)
-    except KeyboardInterrupt:
-        return _report("crsky: interrupted; run the same command again to resume", 130, debug)
-    except NonFiniteError as exc:
+    except KeyboardInterrupt as exc:  # RunInterrupted (SIGINT, SIGTERM) included
+        return _report(f"crsky: {_interrupted_message(exc)}", getattr(exc, "exit_code", 130), debug)
+    except (NonFiniteError, SchedulerError) as exc:  # a failure, not bad input: one line
         return _report(f"crsky: error: {exc}", 1, debug)
     except OSError as exc:
         if exc.errno in _BAD_PATH_ERRNOS:
