@@ -67,6 +67,14 @@ def _add_executor_options(parser) -> None:
                         help="seconds to wait for the scheduler to answer (default 30)")
 
 
+def _local_workers(args, config) -> int:
+    """Worker processes this machine will hold at most (for the memory estimate): the
+    ensemble's cap of ``--workers`` (cores, realisations); 1 with a Dask scheduler."""
+    from .ensemble import local_worker_count
+
+    return 1 if args.scheduler else max(1, local_worker_count(args.workers, config.ensemble.realisations)[0])
+
+
 def _cmd_run(args) -> int:
     from .config import LARGE_RUN_BYTES, check_resources, load_config
     from .ensemble import run_ensemble
@@ -75,7 +83,7 @@ def _cmd_run(args) -> int:
     config = load_config(args.config, preset=args.preset)
     options = _executor_options(args)
     # before the run directory exists: a refused size leaves nothing behind
-    workers = 1 if args.scheduler else args.workers
+    workers = _local_workers(args, config)
     estimate = check_resources(config, args.out, workers=workers)
     if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
         print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
@@ -160,7 +168,7 @@ def _cmd_reproduce(args) -> int:
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(None, preset=args.preset)
     options = _executor_options(args)
-    check_resources(config, out, workers=1 if args.scheduler else args.workers)
+    check_resources(config, out, workers=_local_workers(args, config))
     print(f"crsky reproduce: preset {args.preset} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
