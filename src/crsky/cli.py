@@ -37,15 +37,20 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .config import LARGE_RUN_BYTES, check_resources, load_config
+    from .config import LARGE_RUN_BYTES, check_resources, describe_physical, load_config, physics_warnings
     from .ensemble import run_ensemble
 
-    config = load_config(args.config, preset=args.preset)
+    config = load_config(args.config, preset=args.preset)  # refuses unresolved resonant scales
     # before the run directory exists: a refused size leaves nothing behind
     workers = 1 if args.scheduler else args.workers
     estimate = check_resources(config, args.out, workers=workers)
     if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
         print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
+    physical = describe_physical(config)
+    if physical:
+        print(f"crsky run: {physical}", file=sys.stderr)
+    for warning in physics_warnings(config):
+        print(f"crsky run: warning: {warning.message}", file=sys.stderr)
     store = run_ensemble(
         config, args.out, backend=args.backend, workers=args.workers,
         scheduler=args.scheduler, force=args.force, progress=not args.quiet,
