@@ -142,6 +142,10 @@ def test_no_turbulence_never_reaches_the_steady_state():
     cfg = resolve_config({"turbulence": {"sigma2": 0.0}})
     assert scattering_time(cfg) == math.inf
     assert codes(cfg) == ["steady_state_not_reached"] and "never scatter" in physics_warnings(cfg)[0].message
+    # an absurd gyroradius, allowed unresolved, gives warnings, not an overflow
+    huge = resolve_config({"particles": {"rl": 1e306}, "turbulence": {"allow_unresolved": True}})
+    assert codes(huge) == ["steady_state_not_reached", "step_aliasing"]
+    assert "beyond float64 at r_L / L_c = 1e+306" in physics_warnings(huge)[0].message
 
 
 # -- step size -------------------------------------------------------------------

@@ -700,7 +700,8 @@ def physics_warnings(cfg: RunConfig) -> list[PhysicsWarning]:
     tau = scattering_time(cfg)
     if tau is not None and i.t_max < STEADY_STATE_SCATTERING_TIMES * tau:
         if math.isinf(tau):
-            why = "sigma2 = 0: without turbulence the particles never scatter"
+            why = ("sigma2 = 0: without turbulence the particles never scatter" if t.sigma2 == 0.0 else
+                   f"the estimated scattering time is beyond float64 at r_L / L_c = {rl:.3g}")
         else:
             why = (f"t_max = {i.t_max:g} is {i.t_max / tau:.3g} estimated scattering times lambda_par / c "
                    f"(t Omega = {tau:.3g}, lambda_par ~ {tau * rl:.3g} L_c), fewer than "
