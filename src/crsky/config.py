@@ -1,8 +1,8 @@
 """Validated, immutable run configuration: TOML in and out, presets.
 
-All values are in code units (docs/conventions.md, Units): lengths in the turbulence bend-over
-scale ``L_c``, times as ``t * Omega``, field strengths in units of ``B0``. The only
-physical units accepted are the alternative particle description
+All values are in code units (docs/conventions.md, Units): lengths in the turbulence
+bend-over scale ``L_c``, times as ``t * Omega``, field strengths in units of ``B0``.
+The only physical units accepted are the alternative particle description
 (``energy_tev``, ``charge``, ``b0_microgauss``, ``lc_pc``), converted to ``rl`` at
 the boundary by :func:`crsky.units.gyroradius_lc`.
 
