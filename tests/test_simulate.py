@@ -55,7 +55,7 @@ def test_non_finite_trajectories_stop_the_realisation():
     from crsky.errors import NonFiniteError
     from crsky.simulate import simulate_realisations
 
-    cfg = resolve_config({**TINY, "particles": {"nside": 1, "rl": 1e306},
+    cfg = resolve_config({**TINY, "particles": {"nside": 1, "rl": 1e306}, "turbulence": {"allow_unresolved": True},
                           "integration": {"t_max": 2.0, "n_snapshots": 3, "dt": 0.1, "precision": "float64"}})
     with pytest.raises(NonFiniteError, match=r"realisation 2: \d+ of 12 particles have non-finite positions"):
         simulate_realisations(cfg, [2], "cpu")

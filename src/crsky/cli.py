@@ -76,17 +76,22 @@ def _local_workers(args, config) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .config import LARGE_RUN_BYTES, check_resources, load_config
+    from .config import LARGE_RUN_BYTES, check_resources, describe_physical, load_config, physics_warnings
     from .ensemble import run_ensemble
     from .store import RunStore
 
-    config = load_config(args.config, preset=args.preset)
+    config = load_config(args.config, preset=args.preset)  # refuses unresolved resonant scales
     options = _executor_options(args)
     # before the run directory exists: a refused size leaves nothing behind
     workers = _local_workers(args, config)
     estimate = check_resources(config, args.out, workers=workers)
     if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
         print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
+    physical = describe_physical(config)
+    if physical:
+        print(f"crsky run: {physical}", file=sys.stderr)
+    for warning in physics_warnings(config):
+        print(f"crsky run: warning: {warning.message}", file=sys.stderr)
     # The exclusive lock for the whole run: a second run or an analyze is refused
     # (naming this process) until it ends; the OS releases it however it ends.
     with RunStore(args.out).lock(exclusive=True, create_dir=True):
