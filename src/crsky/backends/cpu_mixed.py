@@ -138,6 +138,8 @@ def field_lanes(m32, phases, d, b, acc):
             b[2, p] += acc[2, p]
 
 
+# inline="always": spliced into the caller's IR as if written there (a compiled call
+# would cost vectorisation of the caller's loops).
 @njit(inline="always", **JIT_OPTIONS)
 def _refresh_block(k, s, ref, phases, turns):
     """Move block ``k``'s reference points to the particles ``s[0:3]`` (where the field
@@ -150,32 +152,6 @@ def _refresh_block(k, s, ref, phases, turns):
             phases[m, q] = kernels.reference_phase(s[0, q], s[1, q], s[2, q], turns, m)
 
 
-@njit(inline="always", **JIT_OPTIONS)
-def _drift_lanes(s, half):
-    """:func:`crsky.kernels.drift` of every lane of the state ``s`` (6, LANES)."""
-    for q in range(LANES):
-        s[0, q], s[1, q], s[2, q] = kernels.drift(s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q], half)
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _kick_lanes(s, b, scale, old, theta2):
-    """Rotate every lane's velocity about its field ``b`` (3, LANES) by the angle
-    ``scale |b|``: the branch-free Taylor rotation for all lanes (it vectorises),
-    then the rare angles beyond 1 rad redone from the old velocity with
-    :func:`crsky.kernels.rotate_poly` (``math.cos``). ``old``, ``theta2``: scratch."""
-    for q in range(LANES):
-        old[0, q] = s[3, q]
-        old[1, q] = s[4, q]
-        old[2, q] = s[5, q]
-        theta2[q] = kernels.rotation_angle_squared(b[0, q], b[1, q], b[2, q], scale)
-        s[3, q], s[4, q], s[5, q] = kernels.rotate_taylor(s[3, q], s[4, q], s[5, q], b[0, q], b[1, q], b[2, q],
-                                                          scale)
-    for q in range(LANES):
-        if theta2[q] > 1.0:
-            s[3, q], s[4, q], s[5, q] = kernels.rotate_poly(old[0, q], old[1, q], old[2, q], b[0, q], b[1, q],
-                                                            b[2, q], scale)
-
-
 @njit(nogil=True, **JIT_OPTIONS)
 def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snapshot_steps, every,
                  out_pos, out_vel):
@@ -186,8 +162,10 @@ def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snap
     ``turns, m32`` from :func:`mode_arrays_soa`; ``every[k]``: steps between
     refreshes of the reference point of mode block ``k`` (:func:`refresh_intervals`).
     Every per-particle loop runs over the lanes, so LLVM vectorises the drifts, the
-    refreshes, the offsets and the rotation as well as the field sum. The last group
-    repeats its last particle into the unused lanes (written nowhere).
+    refreshes, the offsets and the rotation as well as the field sum. The rotation is
+    the branch-free Taylor form for every lane, then the rare angles beyond 1 rad
+    redone from the old velocity with :func:`crsky.kernels.rotate_poly`. The last
+    group repeats its last particle into the unused lanes (written nowhere).
     """
     n = positions.shape[0]
     n_blocks = every.shape[0]
@@ -211,7 +189,9 @@ def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snap
         step = 0
         for j in range(snapshot_steps.shape[0]):
             while step < snapshot_steps[j]:
-                _drift_lanes(s, half)
+                for q in range(LANES):
+                    s[0, q], s[1, q], s[2, q] = kernels.drift(s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q],
+                                                              half)
                 for k in range(n_blocks):
                     if since[k] >= every[k]:
                         _refresh_block(k, s, ref, phases, turns)
@@ -221,8 +201,20 @@ def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snap
                         for q in range(LANES):
                             d[k, c, q] = float32(s[c, q] - ref[k, c, q])
                 field_lanes(m32, phases, d, b, acc)
-                _kick_lanes(s, b, scale, old, theta2)
-                _drift_lanes(s, half)
+                for q in range(LANES):
+                    old[0, q] = s[3, q]
+                    old[1, q] = s[4, q]
+                    old[2, q] = s[5, q]
+                    theta2[q] = kernels.rotation_angle_squared(b[0, q], b[1, q], b[2, q], scale)
+                    s[3, q], s[4, q], s[5, q] = kernels.rotate_taylor(s[3, q], s[4, q], s[5, q], b[0, q], b[1, q],
+                                                                      b[2, q], scale)
+                for q in range(LANES):
+                    if theta2[q] > 1.0:
+                        s[3, q], s[4, q], s[5, q] = kernels.rotate_poly(old[0, q], old[1, q], old[2, q], b[0, q],
+                                                                        b[1, q], b[2, q], scale)
+                for q in range(LANES):
+                    s[0, q], s[1, q], s[2, q] = kernels.drift(s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q],
+                                                              half)
                 step += 1
             for q in range(LANES):
                 i = g * LANES + q
