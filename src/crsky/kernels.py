@@ -72,6 +72,7 @@ __all__ = [
     "half_step",
     "kick_angle",
     "drift",
+    "rodrigues",
     "rotate",
     "sincos_taylor",
     "rotate_taylor",
@@ -121,6 +122,17 @@ def drift(x, y, z, vx, vy, vz, half):
 
 
 @register_jitable
+def rodrigues(vx, vy, vz, nx, ny, nz, c, s):
+    """Rodrigues' formula: ``v`` rotated about the unit axis ``n`` by the angle whose
+    cosine and sine are ``c`` and ``s`` (right-handed)."""
+    ndotv = (nx * vx + ny * vy + nz * vz) * (1.0 - c)
+    wx = vx * c + (ny * vz - nz * vy) * s + nx * ndotv
+    wy = vy * c + (nz * vx - nx * vz) * s + ny * ndotv
+    wz = vz * c + (nx * vy - ny * vx) * s + nz * ndotv
+    return wx, wy, wz
+
+
+@register_jitable
 def rotate(vx, vy, vz, bx, by, bz, scale):
     """Rotate ``v`` about the axis ``b`` by the angle ``scale * |b|`` (right-handed).
 
@@ -135,11 +147,7 @@ def rotate(vx, vy, vz, bx, by, bz, scale):
     theta = scale * bb
     c = math.cos(theta)
     s = math.sin(theta)
-    ndotv = (nx * vx + ny * vy + nz * vz) * (1.0 - c)
-    wx = vx * c + (ny * vz - nz * vy) * s + nx * ndotv
-    wy = vy * c + (nz * vx - nx * vz) * s + ny * ndotv
-    wz = vz * c + (nx * vy - ny * vx) * s + nz * ndotv
-    return wx, wy, wz
+    return rodrigues(vx, vy, vz, nx, ny, nz, c, s)
 
 
 @register_jitable
@@ -172,11 +180,7 @@ def rotate_taylor(vx, vy, vz, bx, by, bz, scale):
     ny = by * inv
     nz = bz * inv
     c, s = sincos_taylor(scale * bb)
-    ndotv = (nx * vx + ny * vy + nz * vz) * (1.0 - c)
-    wx = vx * c + (ny * vz - nz * vy) * s + nx * ndotv
-    wy = vy * c + (nz * vx - nx * vz) * s + ny * ndotv
-    wz = vz * c + (nx * vy - ny * vx) * s + nz * ndotv
-    return wx, wy, wz
+    return rodrigues(vx, vy, vz, nx, ny, nz, c, s)
 
 
 @register_jitable
