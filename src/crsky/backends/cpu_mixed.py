@@ -138,20 +138,6 @@ def field_lanes(m32, phases, d, b, acc):
             b[2, p] += acc[2, p]
 
 
-# inline="always": spliced into the caller's IR as if written there (a compiled call
-# would cost vectorisation of the caller's loops).
-@njit(inline="always", **JIT_OPTIONS)
-def _refresh_block(k, s, ref, phases, turns):
-    """Move block ``k``'s reference points to the particles ``s[0:3]`` (where the field
-    is evaluated this step) and compute its phases there in float64."""
-    for c in range(3):
-        for q in range(LANES):
-            ref[k, c, q] = s[c, q]
-    for m in range(k * MODE_BLOCK, min((k + 1) * MODE_BLOCK, turns.shape[1])):
-        for q in range(LANES):
-            phases[m, q] = kernels.reference_phase(s[0, q], s[1, q], s[2, q], turns, m)
-
-
 @njit(nogil=True, **JIT_OPTIONS)
 def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snapshot_steps, every,
                  out_pos, out_vel):
@@ -166,6 +152,10 @@ def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snap
     the branch-free Taylor form for every lane, then the rare angles beyond 1 rad
     redone from the old velocity with :func:`crsky.kernels.rotate_poly`. The last
     group repeats its last particle into the unused lanes (written nowhere).
+
+    The lane loops are written out here rather than in helper functions: inlined
+    helpers (even with ``inline="always"``) changed the compiled step loop (register
+    moves, reference counting), and this loop is the hot path of every run.
     """
     n = positions.shape[0]
     n_blocks = every.shape[0]
@@ -194,7 +184,14 @@ def trace_groups(g0, g1, positions, velocities, turns, m32, sign, dtau, rl, snap
                                                               half)
                 for k in range(n_blocks):
                     if since[k] >= every[k]:
-                        _refresh_block(k, s, ref, phases, turns)
+                        # Move the block's reference points to the particles (where the
+                        # field is evaluated this step); its phases there in float64.
+                        for c in range(3):
+                            for q in range(LANES):
+                                ref[k, c, q] = s[c, q]
+                        for m in range(k * MODE_BLOCK, min((k + 1) * MODE_BLOCK, turns.shape[1])):
+                            for q in range(LANES):
+                                phases[m, q] = kernels.reference_phase(s[0, q], s[1, q], s[2, q], turns, m)
                         since[k] = 0
                     since[k] += 1
                     for c in range(3):
