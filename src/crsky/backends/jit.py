@@ -5,7 +5,9 @@ loops of :mod:`crsky.backends` compile the scalar physics of :mod:`crsky.kernels
 into themselves, so an edit there would leave a stale loop in the cache. :func:`njit`
 caches with a locator whose source stamp also holds a hash of every kernel source
 file (:data:`KERNEL_SOURCES`): any edit to one of them makes every cached loop
-stale, and the next call recompiles, with no manual step.
+stale, and the next call recompiles, with no manual step. (A user who lists their own
+locators in ``NUMBA_CACHE_LOCATOR_CLASSES`` overrides these, and the kernel hash with
+them.)
 """
 
 from __future__ import annotations
