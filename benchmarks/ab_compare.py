@@ -130,8 +130,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--what", choices=("trace", "field"), default="trace",
-                    help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed on "
-                         "LANES particles, one thread; variants older than session 5 lack it)")
+                    help="time full traces of the mixed CPU path (default), or its mode loop alone "
+                         "(the lanes field sum on LANES particles, one thread; trees without one lack it)")
     args = ap.parse_args()
 
     common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]
