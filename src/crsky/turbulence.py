@@ -180,11 +180,11 @@ def field(modes: np.ndarray, points: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (..., 3)
         ``B / B0``; the regular part is ``z_hat``.
     """
-    from .backends import cpu
+    from .backends import get_backend
 
     points = np.asarray(points, dtype=np.float64)
     if points.shape[-1] != 3:
         raise ValueError(f"points must have a last axis of length 3, got shape {points.shape}")
     flat = np.ascontiguousarray(points.reshape(-1, 3))
-    out = cpu.field_at_points(np.ascontiguousarray(modes, dtype=np.float64), flat)
+    out = get_backend("cpu").field_at_points(modes, flat)
     return out.reshape(points.shape)
