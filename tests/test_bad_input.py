@@ -1,5 +1,5 @@
 """Bad input through the command line: one line naming the problem, exit code 2, no
-traceback, and no output written (issue 8: a table of at least 25 cases)."""
+traceback, and no output written (a table of bad inputs, one case per row)."""
 
 import pytest
 

@@ -43,7 +43,7 @@ __all__ = [
 
 #: Largest ``|k| |x - x_ref|`` (rad) the mixed path lets a particle reach before it
 #: moves its reference point. The field error hardly depends on it below ~50 rad
-#: (measured: ``benchmarks/mixed_accuracy.py``); larger values save refreshes.
+#: (measured: ``validation/mixed_accuracy.py``); larger values save refreshes.
 PHASE_BUDGET = 8 * math.pi
 #: Cap on the refresh interval (steps), for fields with tiny ``k_max r_L dtau``.
 MAX_REFRESH_INTERVAL = 4096
