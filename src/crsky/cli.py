@@ -48,10 +48,12 @@ def _positive_seconds(text: str) -> float:
 
 def _executor_options(args) -> dict:
     """``run_ensemble`` keywords of the executor options shared by ``run`` and ``reproduce``."""
-    from .scheduler import CONNECT_TIMEOUT_S
+    from .scheduler import CONNECT_TIMEOUT_S, check_scheduler_address
 
     if args.connect_timeout is not None and args.scheduler is None:
         raise UsageError("--connect-timeout applies only with --scheduler")
+    if args.scheduler is not None:
+        check_scheduler_address(args.scheduler)  # bad input before any warning or side effect
     timeout = CONNECT_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
     return {"workers": args.workers, "scheduler": args.scheduler, "connect_timeout": timeout}
 
