@@ -126,6 +126,39 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
         ``[1, MAX_ELL]``, repeated ``ell``, a file larger than 16 MiB or not UTF-8.
     """
     path = Path(path)
+    rows = _rows(path, _read_text(path))
+    header_line, header = rows[0]
+    index = _column_index(path, header_line, header)
+    if len(rows) == 1:
+        raise InputError(f"observed spectrum {path}: no data rows after the header")
+    ell, cl, err, noise = [], [], [], []
+    seen: dict[int, int] = {}
+    for lineno, fields in rows[1:]:
+        if len(fields) != len(header):
+            raise InputError(f"observed spectrum {path}: line {lineno}: {len(fields)} fields, the header has {len(header)}")
+        ell_int, c_value, e_value, n_value = _parse_row(path, lineno, fields, index)
+        if ell_int in seen:
+            raise InputError(f"observed spectrum {path}: line {lineno}, column ell: ell = {ell_int} repeats "
+                             f"line {seen[ell_int]}")
+        seen[ell_int] = lineno
+        ell.append(ell_int)
+        cl.append(c_value)
+        err.append(e_value)
+        noise.append(n_value)
+
+    order = np.argsort(ell, kind="stable")
+    return ObservedSpectrum(
+        ell=np.asarray(ell, dtype=np.int64)[order],
+        cl=np.asarray(cl, dtype=np.float64)[order],
+        error=np.asarray(err, dtype=np.float64)[order],
+        noise=np.asarray(noise, dtype=np.float64)[order] if "noise" in index else None,
+        label=label if label is not None else path.stem,
+        path=path,
+    )
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular UTF-8 file (a BOM is allowed) of at most 16 MiB."""
     if not path.exists():
         raise InputError(f"observed spectrum {path}: no such file")
     if not path.is_file():
@@ -138,14 +171,16 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     if len(data) > MAX_FILE_BYTES:
         raise InputError(f"observed spectrum {path}: larger than {MAX_FILE_BYTES >> 20} MiB, not a spectrum")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"observed spectrum {path}: line {line}: not a UTF-8 text file "
                          f"(byte 0x{data[exc.start]:02x})") from None
 
-    # (line number, fields) of every non-blank, non-comment line
-    rows: list[tuple[int, list[str]]] = []
+
+def _rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank, non-comment line; at least one."""
+    rows = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = _strip_comment(raw)
         if not line.strip():
@@ -155,8 +190,11 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     if not rows:
         raise InputError(f"observed spectrum {path}: empty file (expected a header row "
                          f"{','.join(REQUIRED_COLUMNS)}[,noise] and data rows)")
+    return rows
 
-    header_line, header = rows[0]
+
+def _column_index(path: Path, header_line: int, header: list[str]) -> dict[str, int]:
+    """Field index of each known column (lower-case names) from the header row."""
     names = [h.lower() for h in header]
     wanted = {c.lower(): c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     if all(_is_number(h) for h in header if h):
@@ -169,49 +207,28 @@ def read_observed(path, label: str | None = None) -> ObservedSpectrum:
     if missing:
         raise InputError(f"observed spectrum {path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                          f"(header has {', '.join(header) if any(header) else 'no names'})")
-    index = {key: names.index(key) for key in wanted if key in names}
-    data = rows[1:]
-    if not data:
-        raise InputError(f"observed spectrum {path}: no data rows after the header")
+    return {key: names.index(key) for key in wanted if key in names}
 
-    ell, cl, err, noise = [], [], [], []
-    seen: dict[int, int] = {}
-    for lineno, fields in data:
-        if len(fields) != len(header):
-            raise InputError(f"observed spectrum {path}: line {lineno}: {len(fields)} fields, the header has {len(header)}")
-        where = f"observed spectrum {path}: line {lineno}, column"
-        ell_text = fields[index["ell"]]
-        ell_value = _number(ell_text, path, lineno, "ell")
-        if ell_value != int(ell_value) or ell_value < 1:
-            raise InputError(f"{where} ell: ell = {ell_text} is not a positive integer")
-        if ell_value > MAX_ELL:
-            raise InputError(f"{where} ell: ell = {ell_text} is larger than {MAX_ELL}, the largest multipole accepted")
-        ell_int = int(ell_value)
-        if ell_int in seen:
-            raise InputError(f"{where} ell: ell = {ell_int} repeats line {seen[ell_int]}")
-        seen[ell_int] = lineno
-        c_value = _number(fields[index["c_ell"]], path, lineno, "C_ell")
-        e_value = _number(fields[index["error"]], path, lineno, "error")
-        if e_value < 0:
-            raise InputError(f"{where} error: negative error {fields[index['error']]} (must be >= 0)")
-        if "noise" in index:
-            n_value = _number(fields[index["noise"]], path, lineno, "noise")
-            if n_value < 0:
-                raise InputError(f"{where} noise: negative noise {fields[index['noise']]} (must be >= 0)")
-            noise.append(n_value)
-        ell.append(ell_int)
-        cl.append(c_value)
-        err.append(e_value)
 
-    order = np.argsort(ell, kind="stable")
-    return ObservedSpectrum(
-        ell=np.asarray(ell, dtype=np.int64)[order],
-        cl=np.asarray(cl, dtype=np.float64)[order],
-        error=np.asarray(err, dtype=np.float64)[order],
-        noise=np.asarray(noise, dtype=np.float64)[order] if "noise" in index else None,
-        label=label if label is not None else path.stem,
-        path=path,
-    )
+def _parse_row(path: Path, lineno: int, fields: list[str], index: dict[str, int]):
+    """``(ell, C_ell, error, noise or None)`` of one data row, each checked."""
+    where = f"observed spectrum {path}: line {lineno}, column"
+    ell_text = fields[index["ell"]]
+    ell_value = _number(ell_text, path, lineno, "ell")
+    if ell_value != int(ell_value) or ell_value < 1:
+        raise InputError(f"{where} ell: ell = {ell_text} is not a positive integer")
+    if ell_value > MAX_ELL:
+        raise InputError(f"{where} ell: ell = {ell_text} is larger than {MAX_ELL}, the largest multipole accepted")
+    c_value = _number(fields[index["c_ell"]], path, lineno, "C_ell")
+    e_value = _number(fields[index["error"]], path, lineno, "error")
+    if e_value < 0:
+        raise InputError(f"{where} error: negative error {fields[index['error']]} (must be >= 0)")
+    n_value = None
+    if "noise" in index:
+        n_value = _number(fields[index["noise"]], path, lineno, "noise")
+        if n_value < 0:
+            raise InputError(f"{where} noise: negative noise {fields[index['noise']]} (must be >= 0)")
+    return int(ell_value), c_value, e_value, n_value
 
 
 def _is_number(text: str) -> bool:
