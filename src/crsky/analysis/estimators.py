@@ -633,7 +633,7 @@ def fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSI
     if lmax_fit < 4:
         above = {1: "none", 2: "only l = 2"}.get(lmax_fit, f"only l = 2..{lmax_fit}")
         return BGKFitResult(status=f"no fit: fewer than 3 multipoles l >= 2 above {nsigma:g} sigma of the noise "
-                            f"(C_hat_l > {nsigma:g} noise_err_l; {above})")
+                            f"(C_hat_l > {nsigma:g} noise_err_l, {above})")
     ells = np.arange(2, lmax_fit + 1)
     ratio = cl_hat[ells] / cl_hat[1]
     # With a free normalisation fit_p absorbs the common factor C_hat_1 and its
