@@ -6,7 +6,8 @@ the current analysis of the run (:func:`crsky.analysis.load_current_analysis`; r
 BGK fit is drawn from its stored curve (``fit_curve``), the sky maps from the stored
 maps of one realisation (``skymap``).
 
-Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
+Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``; :func:`make_figures` replaces the
+set, removing files of these names that it did not write this time):
 
 ``fig2_spectrum_evolution``
     Mertsch & Ahlers (2015) Fig. 2: ``<C_0>`` (blue), ``<C_1>`` (black),
@@ -17,8 +18,9 @@ Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
     legend.
 ``fig3_spectrum_shape``
     Fig. 3: ``C_hat_l / C_hat_1`` against ``l`` at three snapshots, BGK curves of eq.
-    (4.7) for ``p = 1/3, 1/2, 2/3`` and the fitted ``p``, the noise band; one panel per
-    gradient.
+    (4.7) for ``p = 1/3, 1/2, 2/3`` and the stored fit with its interval band, the noise
+    band; one panel per gradient; a steady state is claimed only where the analysis'
+    ``steady_state`` test passed.
 ``skymaps_<gradient>``
     Mollweide maps of ``dI`` of one realisation at three times (stored by the
     analysis), in *arrival* directions

@@ -620,9 +620,11 @@ def analyze_run(run_dir, gradients=None, K=None, lmax: int | None = None, progre
     Returns
     -------
     xarray.Dataset
-        Dimensions ``gradient``, ``time``, ``ell``, ``i``, ``j``, ``realisation``;
-        units in each variable's ``units`` attribute; the resolved configuration as
-        JSON in ``attrs["config"]``. See docs/analysis.md for the variables.
+        Dimensions ``gradient``, ``t_omega`` (indexed: ``ds.sel(t_omega=300,
+        method="nearest")``; ``T`` in ``L_c / c`` is a coordinate along it), ``ell``,
+        ``i``, ``j``, ``realisation``; CF attributes (``long_name``, udunits ``units``
+        "1" with the code unit in ``code_units``); the resolved configuration as JSON in
+        ``attrs["config"]`` and flat as ``config_<section>_<key>``. See docs/analysis.md for the variables.
 
     Raises
     ------
