@@ -264,14 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "key by key (optional)")
     reproduce.add_argument("--preset", choices=["quick", "paper"], default="quick",
                            help="quick (minutes on a laptop, default) or paper (the paper's ensemble)")
-    reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
+    reproduce.add_argument("--out", metavar="DIR", help="run directory (default runs/reproduce-PRESET)")
     reproduce.add_argument("--force", action="store_true",
                            help="delete an existing run of another configuration in the run directory and "
                            "start over")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
                            help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
-    reproduce.add_argument("--workers", type=_positive_int, default=1,
+    reproduce.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                            help="local worker processes (default 1: this process, all cores)")
     reproduce.set_defaults(func=_cmd_reproduce)
 
