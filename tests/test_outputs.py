@@ -321,7 +321,7 @@ def test_table_reports_interval_relative_fit_and_sum_rule_form(tiny_runs):
     fit = summary["gradients"]["parallel"]["bgk_fit"]
     assert fit["clipped_at"] == [1] and fit["p_hi"] == 1.0
     text = an.format_summary(summary)
-    assert "p = 0.81 (0.42 .. 1, clipped at 1; 1 sigma)" in text and "l = 2..6, chi2/dof = 1.3" in text
+    assert "p = 0.81 (0.42 .. 1, clipped at 1), 1 sigma, at t_Omega" in text and "l = 2..6, chi2/dof = 1.3" in text
     assert "BGK fit of the relative part" in text
     assert "expected" in text and "huge at early times" in text and "1 + 9|K g|^2/(2T K^s g g)" in text
     assert "Steady state:" in text

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis.dataset import load_current_analysis, nearest_log_indices, select_map_times
-from .analysis.estimators import STEADY_LMAX, STEADY_NSIGMA
+from .analysis.estimators import STEADY_LMAX, STEADY_NSIGMA, p_interval_text
 from .analysis.sky import arrival_direction_map
 from .errors import InputError
 from .store import atomic_write_bytes
@@ -618,12 +618,9 @@ def _draw_fit(ax, d, t, lmax: int, l_curve):
                         zorder=1.5)
         band = _band_handle(r"1$\sigma$ range of p ($\chi^2 = \chi^2_{min} + 1$), same A", colour="crimson")
     flag = int(d["p_clipped"].values) if "p_clipped" in d else 0
-    lo_text = "0" if flag & 1 else f"{lo_p:.2f}"
-    hi_text = "1" if flag & 2 else f"{hi_p:.2f}"
-    clipped = [b for b, bit in (("0", 1), ("1", 2)) if flag & bit]
-    note = f", clipped at {' and '.join(clipped)}" if clipped else ""
+    interval = p_interval_text(p_fit, lo_p, hi_p, bool(flag & 1), bool(flag & 2))
     chi2 = float(d["fit_chi2_dof"].values) if "fit_chi2_dof" in d else float("nan")
-    label = (f"fit at $t\\Omega$ = {t[-1]:.3g}: p = {p_fit:.2f} ({lo_text} .. {hi_text}{note})\n"
+    label = (f"fit at $t\\Omega$ = {t[-1]:.3g}: {interval}\n"
              f"free norm. A = {amp:.2g}; thick: fitted $\\ell$ = {lo_fit}..{hi_fit}, $\\chi^2$/dof = {chi2:.2g}")
     del p_err
     handles = [Line2D([], [], color="crimson", lw=2.0, label=label)]

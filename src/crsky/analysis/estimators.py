@@ -61,6 +61,7 @@ __all__ = [
     "fit_range",
     "fit_bgk",
     "fit_curve",
+    "p_interval_text",
     "SteadyState",
     "steady_state",
     "STEADY_LMAX",
@@ -593,11 +594,21 @@ class BGKFitResult:
         """``p = 0.81 (0.42 .. 1, clipped at 1)``: best p and its 1-sigma interval, or why there is none."""
         if not math.isfinite(self.p):
             return self.status
-        clipped = [b for b, c in (("0", self.clipped_lo), ("1", self.clipped_hi)) if c]
-        lo = "0" if self.clipped_lo else f"{self.p_lo:.2f}"
-        hi = "1" if self.clipped_hi else f"{self.p_hi:.2f}"
-        note = f", clipped at {' and '.join(clipped)}" if clipped else ""
-        return f"p = {self.p:.2f} ({lo} .. {hi}{note})"
+        return p_interval_text(self.p, self.p_lo, self.p_hi, self.clipped_lo, self.clipped_hi)
+
+
+def p_interval_text(p: float, p_lo: float, p_hi: float, clipped_lo: bool, clipped_hi: bool) -> str:
+    """``p = 0.81 (0.42 .. 1, clipped at 1)``: a fitted ``p`` with its 1-sigma interval, an
+    end that ran into the boundary of ``0 < p < 1`` written as that boundary and flagged.
+    The one formatting of the interval (table, figures)."""
+    def end(value, clipped, boundary):
+        if clipped:
+            return boundary
+        return f"{value:.2f}" if value is not None and math.isfinite(value) else "?"
+
+    clipped = [b for b, c in (("0", clipped_lo), ("1", clipped_hi)) if c]
+    note = f", clipped at {' and '.join(clipped)}" if clipped else ""
+    return f"p = {p:.2f} ({end(p_lo, clipped_lo, '0')} .. {end(p_hi, clipped_hi, '1')}{note})"
 
 
 def fit_range(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSIGMA) -> int:

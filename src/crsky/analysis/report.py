@@ -20,6 +20,7 @@ import xarray as xr
 
 from ..store import atomic_write_bytes
 from .dataset import ANALYSIS_FILE, analyze_run, load_analysis, write_analysis
+from .estimators import p_interval_text
 
 __all__ = ["SUMMARY_FILE", "SUMMARY_SCHEMA", "SUMMARY_SCHEMA_VERSION", "SUMMARY_UNITS", "summary_dict", "format_summary", "write_summary", "read_summary", "analyze"]
 
@@ -243,13 +244,11 @@ def _fit_line(label: str, fit: dict | None, p: float | None, p_err: float | None
     if fit.get("p") is None:
         return f"{label}: {fit.get('status') or 'no fit'}"
     clipped = fit.get("clipped_at") or []
-    lo = "0" if 0 in clipped else (f"{fit['p_lo']:.2f}" if fit.get("p_lo") is not None else "?")
-    hi = "1" if 1 in clipped else (f"{fit['p_hi']:.2f}" if fit.get("p_hi") is not None else "?")
-    note = f", clipped at {' and '.join(str(b) for b in clipped)}" if clipped else ""
+    text = p_interval_text(fit["p"], fit.get("p_lo"), fit.get("p_hi"), 0 in clipped, 1 in clipped)
     chi2 = fit.get("chi2_dof")
-    return (f"{label}: p = {fit['p']:.2f} ({lo} .. {hi}{note}; 1 sigma) at t_Omega = {t_last:.4g}, "
-            f"l = {fit.get('lmin')}..{fit.get('lmax')}, chi2/dof = {chi2:.3g}" if chi2 is not None else
-            f"{label}: p = {fit['p']:.2f} ({lo} .. {hi}{note})")
+    chi2_text = f", chi2/dof = {chi2:.3g}" if chi2 is not None else ""
+    return (f"{label}: {text}, 1 sigma, at t_Omega = {t_last:.4g}, l = {fit.get('lmin')}..{fit.get('lmax')}"
+            f"{chi2_text}")
 
 
 _SUM_RULE_NOTE = (
