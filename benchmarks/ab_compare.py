@@ -38,9 +38,7 @@ configure_cpu_vectors()
 import time
 import numba
 import numpy as np
-from crsky import kernels
-from crsky.backends import cpu
-from crsky.bench import _snapshots, _start_state
+from crsky import bench
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
@@ -50,15 +48,33 @@ threads, n_part, n_modes, seconds, dt, refresh, what = (int(sys.argv[2]), int(sy
 refresh = None if refresh == "default" else int(refresh)
 numba.set_num_threads(threads)
 modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
-pos, vel = _start_state(n_part)
-cpu.trace(pos[:4], vel[:4], modes, -1.0, dt, 0.1, np.array([1, 2]), precision="mixed")
-steps = _snapshots(max(2, int(seconds * 1.5e9 * threads / (n_modes * n_part))))
-if what == "field":
-    # The mode loop alone: cpu._field_mixed (LANES particles, every block) over and
-    # over on one thread, an offset nudged each time so that nothing is hoisted.
-    field = cpu._field_mixed
-    lanes = cpu.LANES
+try:  # the Backend interface
+    from crsky.backends import cpu_mixed, get_backend
 
+    tracer = get_backend("cpu", "mixed", refresh=refresh)
+
+    def trace(pos, vel, steps):
+        tracer.trace(pos, vel, modes, sign=-1.0, dt=dt, rl=0.1, snapshot_steps=steps)
+
+    field, lanes, block = cpu_mixed.field_lanes, cpu_mixed.LANES, cpu_mixed.MODE_BLOCK
+    m32 = cpu_mixed.mode_arrays_soa(modes)[1]
+    start_state, snapshot_steps = bench.start_state, bench.snapshot_steps
+except ImportError:  # older trees: module functions of crsky.backends.cpu
+    from crsky import kernels
+    from crsky.backends import cpu
+
+    def trace(pos, vel, steps):
+        cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
+
+    field, lanes, block = getattr(cpu, "_field_mixed", None), getattr(cpu, "LANES", 0), getattr(cpu, "MODE_BLOCK", 0)
+    m32 = kernels.mixed_mode_arrays(modes)[1]
+    start_state, snapshot_steps = bench._start_state, bench._snapshots
+pos, vel = start_state(n_part)
+trace(pos[:4], vel[:4], np.array([1, 2]))
+steps = snapshot_steps(max(2, int(seconds * 1.5e9 * threads / (n_modes * n_part))))
+if what == "field":
+    # The mode loop alone: the lanes field sum (LANES particles, every block) over and
+    # over on one thread, an offset nudged each time so that nothing is hoisted.
     @numba.njit
     def field_loop(m32, phases, d, b, acc, reps):
         total = 0.0
@@ -69,9 +85,8 @@ if what == "field":
         return total
 
     rng = np.random.default_rng(0)
-    m32 = kernels.mixed_mode_arrays(modes)[1]
     phases = rng.uniform(-0.5, 0.5, (n_modes, lanes)).astype(np.float32)
-    d = (0.1 * rng.normal(size=((n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK, 3, lanes))).astype(np.float32)
+    d = (0.1 * rng.normal(size=((n_modes + block - 1) // block, 3, lanes))).astype(np.float32)
     b = np.empty((3, lanes))
     acc = np.empty((3, lanes), np.float32)
     field_loop(m32, phases, d, b, acc, 1)
@@ -84,7 +99,7 @@ for line in sys.stdin:
         field_loop(m32, phases, d, b, acc, reps)
         work, used = lanes * n_modes * reps, 1
     else:
-        cpu.trace(pos, vel, modes, -1.0, dt, 0.1, steps, precision="mixed", refresh=refresh)
+        trace(pos, vel, steps)
         work, used = n_modes * n_part * int(steps[-1]), threads
     wall = time.perf_counter() - t
     print(work / wall, (time.process_time() - c) / wall / used, flush=True)
@@ -115,8 +130,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--what", choices=("trace", "field"), default="trace",
-                    help="time full runs of cpu.trace (default), or the mode loop alone (cpu._field_mixed on "
-                         "LANES particles, one thread; a variant without it cannot run this)")
+                    help="time full traces of the mixed CPU path (default), or its mode loop alone "
+                         "(the lanes field sum on LANES particles, one thread; trees without one lack it)")
     args = ap.parse_args()
 
     common = [str(args.threads), str(args.particles), str(args.modes), str(args.seconds), str(args.dt)]

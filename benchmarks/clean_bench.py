@@ -25,8 +25,8 @@ configure_cpu_vectors()  # before numba loads, as the crsky command does (512-bi
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crsky.backends import cpu  # noqa: E402
-from crsky.bench import _snapshots, _start_state, machine_info  # noqa: E402
+from crsky.backends import get_backend  # noqa: E402
+from crsky.bench import machine_info, snapshot_steps, start_state  # noqa: E402
 from crsky.config import DEFAULT_DT, TurbulenceConfig  # noqa: E402
 from crsky.turbulence import make_modes  # noqa: E402
 
@@ -56,17 +56,19 @@ def wait_idle(limit: float, threshold: float = 0.9) -> float:
 
 def measure(precision, n_modes, n_particles, seconds, threads, args):
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
-    pos, vel = _start_state(n_particles)
+    pos, vel = start_state(n_particles)
     n_steps = max(2, int(seconds * RATE[precision] * threads / (n_modes * n_particles)))
-    steps = _snapshots(n_steps)
+    steps = snapshot_steps(n_steps)
     t0 = time.perf_counter()
-    cpu.trace(pos[:4], vel[:4], modes, -1.0, DEFAULT_DT, 0.1, np.array([1, 2]), precision=precision)
+    get_backend("cpu", precision).trace(pos[:4], vel[:4], modes, sign=-1.0, dt=DEFAULT_DT, rl=0.1,
+                                        snapshot_steps=np.array([1, 2]))
     first_call = time.perf_counter() - t0
     runs = []
     for _ in range(args.max_attempts):
         idle = wait_idle(args.wait)
         w0, c0 = time.perf_counter(), time.process_time()
-        cpu.trace(pos, vel, modes, -1.0, DEFAULT_DT, 0.1, steps, precision=precision)
+        get_backend("cpu", precision).trace(pos, vel, modes, sign=-1.0, dt=DEFAULT_DT, rl=0.1,
+                                            snapshot_steps=steps)
         wall = time.perf_counter() - w0
         share = (time.process_time() - c0) / (wall * threads)
         runs.append({"seconds": wall, "cpu_share": share, "idle_before": idle,

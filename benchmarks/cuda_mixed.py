@@ -27,25 +27,24 @@ import time
 import numpy as np
 from numba import cuda
 
-from crsky.backends import cpu, resolve_backend
+from crsky.backends import get_backend, resolve_backend
 from crsky.backends import cuda as cb
-from crsky.bench import _device_name, _snapshots, _start_state
+from crsky.bench import device_name, snapshot_steps, start_state
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
 DTAU, RL = 0.05, 0.1
 
 
-def launch_shape(precision: str, pairs: bool, n_modes: int, n_particles: int) -> dict:
+def launch_shape(precision: str, n_modes: int, n_particles: int) -> dict:
     """Registers per thread, resident blocks and waves of the kernel just run."""
-    kernel = cb._kernel_for(n_modes, precision, pairs and precision == "mixed")
+    kernel = cb.trace_kernel(precision, n_modes)
     info = {}
     try:
         overload = next(iter(kernel.overloads.values()))
         info["regs_per_thread"] = overload.regs_per_thread
         resident = overload.max_cooperative_grid_blocks(cb.THREADS_PER_BLOCK)
-        threads = math.ceil(n_particles / (2 if pairs else 1))
-        blocks = math.ceil(threads / cb.THREADS_PER_BLOCK)
+        blocks = math.ceil(n_particles / cb.THREADS_PER_BLOCK)
         info.update(resident_blocks=resident, blocks=blocks, waves=blocks / resident)
     except Exception as exc:  # the simulator has no occupancy API
         info["launch_info_error"] = f"{type(exc).__name__}: {exc}"
@@ -57,33 +56,32 @@ def throughput(mode_counts, particle_counts, work, repeats) -> list[dict]:
     for n_modes in mode_counts:
         modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
         for n_particles in particle_counts:
-            pos, vel = _start_state(n_particles)
-            for precision, pairs in (("mixed", False), ("mixed", True), ("float64", False)):
+            pos, vel = start_state(n_particles)
+            for precision in ("mixed", "float64"):
+                tracer = get_backend("cuda", precision)
                 budget = work[precision]
                 n_steps = max(2, int(budget / (n_modes * n_particles)))
-                steps = _snapshots(n_steps)
+                steps = snapshot_steps(n_steps)
                 start = time.perf_counter()
-                cb.trace(pos[:2], vel[:2], modes, -1.0, DTAU, RL, np.array([1]), precision=precision, pairs=pairs)
+                tracer.trace(pos[:2], vel[:2], modes, sign=-1.0, dt=DTAU, rl=RL, snapshot_steps=np.array([1]))
                 first = time.perf_counter() - start
                 best_wall, best_kernel = math.inf, math.inf
                 for _ in range(repeats):
-                    timings = {}
                     start = time.perf_counter()
-                    cb.trace(pos, vel, modes, -1.0, DTAU, RL, steps, precision=precision, pairs=pairs,
-                             timings=timings)
+                    tracer.trace(pos, vel, modes, sign=-1.0, dt=DTAU, rl=RL, snapshot_steps=steps)
                     best_wall = min(best_wall, time.perf_counter() - start)
-                    if timings.get("kernel_s"):
-                        best_kernel = min(best_kernel, timings["kernel_s"])
+                    if tracer.last_kernel_seconds:
+                        best_kernel = min(best_kernel, tracer.last_kernel_seconds)
                 evals = n_particles * n_steps * n_modes
                 row = {
-                    "precision": precision, "pairs": pairs, "n_modes": n_modes, "n_particles": n_particles,
+                    "precision": precision, "n_modes": n_modes, "n_particles": n_particles,
                     "n_steps": n_steps, "first_call_s": first, "wall_s": best_wall,
                     "mode_evals_per_s_wall": evals / best_wall,
                     "kernel_s": best_kernel if best_kernel < math.inf else None,
                     "mode_evals_per_s_kernel": evals / best_kernel if best_kernel < math.inf else None,
-                    **launch_shape(precision, pairs, n_modes, n_particles),
+                    **launch_shape(precision, n_modes, n_particles),
                 }
-                print(f"  {precision:7s} pairs={pairs!s:5s} {n_modes:5d} modes {n_particles:8d} particles "
+                print(f"  {precision:7s} {n_modes:5d} modes {n_particles:8d} particles "
                       f"{n_steps:6d} steps: kernel {row['mode_evals_per_s_kernel'] or float('nan'):.3e}/s, "
                       f"wall {row['mode_evals_per_s_wall']:.3e}/s, waves {row.get('waves', float('nan')):.2f}, "
                       f"regs {row.get('regs_per_thread')}", flush=True)
@@ -92,7 +90,7 @@ def throughput(mode_counts, particle_counts, work, repeats) -> list[dict]:
 
 
 def accuracy(n_particles: int, n_modes: int) -> dict:
-    """GPU mixed against CPU float64 after 1, 10, 40 steps; |v| - 1; pairs vs single."""
+    """GPU mixed against CPU float64 after 1, 10, 40 steps; |v| - 1."""
     rng = np.random.default_rng(11)
     steps = np.array([1, 10, 40])
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), 5, 0)
@@ -100,9 +98,8 @@ def accuracy(n_particles: int, n_modes: int) -> dict:
     pos *= (500 * rng.uniform(0.2, 1, n_particles) / np.linalg.norm(pos, axis=1))[:, None]
     vel = rng.normal(size=(n_particles, 3))
     vel /= np.linalg.norm(vel, axis=1)[:, None]
-    gp, gv = cb.trace(pos, vel, modes, -1.0, DTAU, RL, steps, precision="mixed", pairs=False)
-    pp, pv = cb.trace(pos, vel, modes, -1.0, DTAU, RL, steps, precision="mixed", pairs=True)
-    cp, cv = cpu.trace(pos, vel, modes, -1.0, DTAU, RL, steps)
+    gp, gv = get_backend("cuda", "mixed").trace(pos, vel, modes, sign=-1.0, dt=DTAU, rl=RL, snapshot_steps=steps)
+    cp, cv = get_backend("cpu").trace(pos, vel, modes, sign=-1.0, dt=DTAU, rl=RL, snapshot_steps=steps)
     m = steps.astype(float)
     out = {
         "n_particles": n_particles, "n_modes": n_modes, "steps": steps.tolist(),
@@ -111,12 +108,11 @@ def accuracy(n_particles: int, n_modes: int) -> dict:
         "dv_bound": (m * DTAU * 1e-6).tolist(),
         "dx_bound": (RL * DTAU**2 * 1e-6 * m * (m + 1) / 2).tolist(),
         "speed_err_max": float(np.abs(np.linalg.norm(gv, axis=-1) - 1).max()),
-        "pairs_vs_single_max": float(max(np.abs(pp - gp).max(), np.abs(pv - gv).max())),
     }
     out["within_bounds"] = bool(np.all(np.array(out["dv_max"]) <= out["dv_bound"])
                                 and np.all(np.array(out["dx_max"]) <= out["dx_bound"]))
     print(f"  accuracy: |dv| {out['dv_max']} (bound {out['dv_bound']}), |dx| {out['dx_max']}, "
-          f"||v|-1| {out['speed_err_max']:.1e}, pairs - single {out['pairs_vs_single_max']:.1e}", flush=True)
+          f"||v|-1| {out['speed_err_max']:.1e}", flush=True)
     return out
 
 
@@ -134,7 +130,7 @@ def main() -> None:
         mode_counts, particle_counts = (64, 256, 1024), (1 << 17, 1 << 18, 1 << 20)
         work, repeats = {"mixed": 1e12, "float64": 3e10}, args.repeats
         acc_particles, acc_modes = 1 << 16, 256
-    result = {"device": _device_name("cuda"), "cuda_version": None, "throughput": None, "accuracy": None}
+    result = {"device": device_name("cuda"), "cuda_version": None, "throughput": None, "accuracy": None}
     try:
         result["cuda_version"] = ".".join(map(str, cuda.runtime.get_version()))
     except Exception:  # the simulator

@@ -27,25 +27,27 @@ configure_cpu_vectors()  # before numba loads, as the crsky command does (512-bi
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crsky.backends import cpu  # noqa: E402
-from crsky.bench import _snapshots, _start_state, machine_info  # noqa: E402
+from crsky.backends import get_backend  # noqa: E402
+from crsky.bench import machine_info, snapshot_steps, start_state  # noqa: E402
 from crsky.config import DEFAULT_DT, TurbulenceConfig  # noqa: E402
 from crsky.turbulence import make_modes  # noqa: E402
 
 
 def prepare(precision, n_modes, n_particles, n_steps):
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
-    pos, vel = _start_state(n_particles)
-    cpu.trace(pos[:4], vel[:4], modes, -1.0, DEFAULT_DT, 0.1, np.array([1, 2]), precision=precision)
+    pos, vel = start_state(n_particles)
+    get_backend("cpu", precision).trace(pos[:4], vel[:4], modes, sign=-1.0, dt=DEFAULT_DT, rl=0.1,
+                                        snapshot_steps=np.array([1, 2]))
     return {"precision": precision, "n_modes": n_modes, "n_particles": n_particles, "n_steps": n_steps,
-            "seconds": np.inf, "_args": (pos, vel, modes, _snapshots(n_steps))}
+            "seconds": np.inf, "_args": (pos, vel, modes, snapshot_steps(n_steps))}
 
 
 def run_once(row):
     pos, vel, modes, steps = row["_args"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    cpu.trace(pos, vel, modes, -1.0, DEFAULT_DT, 0.1, steps, precision=row["precision"])
+    get_backend("cpu", row["precision"]).trace(pos, vel, modes, sign=-1.0, dt=DEFAULT_DT, rl=0.1,
+                                               snapshot_steps=steps)
     wall = time.perf_counter() - t0
     if wall < row["seconds"]:
         n = row["n_particles"] * row["n_steps"]

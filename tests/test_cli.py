@@ -1,4 +1,4 @@
-"""The command line: exit codes and one-line messages (SPEC section 7)."""
+"""The command line: exit codes and one-line messages."""
 
 import json
 import subprocess

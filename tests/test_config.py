@@ -43,12 +43,16 @@ def test_toml_round_trip():
 
 
 def test_physical_units_give_rl():
-    cfg = resolve_config({"particles": {"energy_tev": 10.0, "charge": 1, "b0_microgauss": 3.0, "lc_pc": 30.0}})
-    # SPEC section 1: r_L / pc = 1.0810e-3 (E / TeV) / (Z B0 / muG)
+    # r_L = 1.2e-4 L_c: lambda_min must come down to resolve the resonance (<= 2 pi r_L / 10)
+    resolved = {"lambda_min": 1e-5}
+    cfg = resolve_config({"particles": {"energy_tev": 10.0, "charge": 1, "b0_microgauss": 3.0, "lc_pc": 30.0},
+                          "turbulence": resolved})
+    # docs/conventions.md, "Units": r_L / pc = 1.0810e-3 (E / TeV) / (Z B0 / muG)
     assert cfg.particles.rl == pytest.approx(1.0810e-3 * 10 / 3 / 30, rel=1e-12)
     assert cfg.particles.rl == pytest.approx(gyroradius_lc(10.0, 1, 3.0, 30.0))
     assert config_from_toml_text(cfg.to_toml()) == cfg
-    iron = resolve_config({"particles": {"energy_tev": 10.0, "charge": 26, "b0_microgauss": 3.0, "lc_pc": 30.0}})
+    iron = resolve_config({"particles": {"energy_tev": 10.0, "charge": 26, "b0_microgauss": 3.0, "lc_pc": 30.0},
+                           "turbulence": {"lambda_min": 1e-6}})
     assert iron.particles.rl == pytest.approx(cfg.particles.rl / 26)
 
 

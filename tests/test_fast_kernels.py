@@ -1,13 +1,16 @@
-"""The mixed-precision fast path (``precision="mixed"`` of the CPU backend).
+"""The mixed-precision kernels and the CPU backend's mixed path.
 
-Float64 reference phases at a per-particle reference point, float32 phase offsets,
-a float32 polynomial cosine (``crsky.kernels.cos_turns``; phases in turns). Checked against the plain
-numpy oracle ``reference.field_reference`` and against the float64 path. Tolerances are
-stated next to each check with the measured value they cover.
+CPU (``crsky.backends.cpu_mixed``): float64 reference phases at a per-particle
+reference point, float32 phase offsets, a float32 polynomial cosine
+(``crsky.kernels.cos_turns``; phases in turns). GPU (``crsky.kernels.field_at_turns``,
+checked here on CPU compilations of the same scalar functions): float64 phase and
+reduction per mode, float32 cosine. Checked against the plain numpy oracle
+``reference.field_reference`` and against the float64 path. Tolerances are stated next
+to each check with the measured value they cover. The contract every variant keeps is
+tests/contract.py.
 """
 
 import math
-from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -15,18 +18,32 @@ import pytest
 from reference import field_reference, helix
 
 from crsky import kernels
-from crsky.backends import cpu
+from crsky.backends import cpu, cpu_mixed, get_backend
+from crsky.backends.cuda import mode_arrays_aos
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
-K = cpu.FAST_KERNELS  # the kernels exactly as the mixed path compiles them
-_cos_turns = K.cos_turns
+MIXED = cpu_mixed.JIT_OPTIONS  # the flags the mixed path compiles the kernels with
 
 
-@numba.njit
+class Compiled:
+    """Scalar kernels compiled alone with the given flags, callable from Python."""
+
+    def __init__(self, **options):
+        for name in kernels.__all__:
+            function = getattr(kernels, name)
+            if callable(function):
+                setattr(self, name, numba.njit(**options)(function))
+
+
+K = Compiled(**MIXED)  # as the mixed CPU path compiles them
+PLAIN = Compiled()  # numba's default flags (no contraction)
+
+
+@numba.njit(**MIXED)
 def _cos_many(turns, out):
     for i in range(turns.shape[0]):
-        out[i] = _cos_turns(turns[i])
+        out[i] = kernels.cos_turns(turns[i])
 
 
 def cos_turns_error(turns):
@@ -49,7 +66,7 @@ def test_cos_turns_max_error_over_its_reduced_range():
 def test_cos_turns_error_over_the_phases_the_mixed_path_produces():
     # |phase| <= 1/2 + PHASE_BUDGET / 2 pi turns (offsets up to the budget): the
     # reduction x - round(x) is exact, so the error does not grow with |x|.
-    bound = 0.5 + cpu.PHASE_BUDGET / (2 * np.pi)
+    bound = 0.5 + cpu_mixed.PHASE_BUDGET / (2 * np.pi)
     grid = np.linspace(-bound, bound, 2_000_001)
     assert cos_turns_error(grid).max() < 3e-7
     far = np.float32(np.random.default_rng(0).uniform(-1e4, 1e4, 100_000))
@@ -117,15 +134,10 @@ def test_rotate_taylor_and_rotate_poly_match_rodrigues():
         assert K.rotate_poly(*v, *b, scale) == K.rotate(*v, *b, scale)
 
 
-def _points_and_references(modes, n, radius, rng, budget=cpu.PHASE_BUDGET):
-    """Points out to ``radius`` (uniform in radius) and reference points at a random
-    distance up to ``budget / k_max`` from them (the largest offset the path allows)."""
+def _points(n, radius, rng):
+    """Points uniform in radius out to ``radius``."""
     x = rng.normal(size=(n, 3))
-    x *= (radius * rng.uniform(0, 1, n) / np.linalg.norm(x, axis=1))[:, None]
-    kmax = np.linalg.norm(modes[0:3], axis=0).max()
-    off = rng.normal(size=(n, 3))
-    off *= (budget / kmax * rng.uniform(0, 1, n) / np.linalg.norm(off, axis=1))[:, None]
-    return x, x - off
+    return x * (radius * rng.uniform(0, 1, n) / np.linalg.norm(x, axis=1))[:, None]
 
 
 def _block_references(modes, points, rng):
@@ -134,49 +146,12 @@ def _block_references(modes, points, rng):
     allows that block): shape (n_blocks, n, 3)."""
     n = len(points)
     refs = []
-    for a, budget in zip(range(0, modes.shape[1], cpu.MODE_BLOCK), cpu.block_phase_budgets(modes)):
-        kmax = np.linalg.norm(modes[0:3, a:a + cpu.MODE_BLOCK], axis=0).max()
+    for a, budget in zip(range(0, modes.shape[1], cpu_mixed.MODE_BLOCK), cpu_mixed.block_phase_budgets(modes)):
+        kmax = np.linalg.norm(modes[0:3, a:a + cpu_mixed.MODE_BLOCK], axis=0).max()
         off = rng.normal(size=(n, 3))
         off *= (budget / kmax * rng.uniform(0, 1, n) / np.linalg.norm(off, axis=1))[:, None]
         refs.append(points - off)
     return np.array(refs)
-
-
-_reference_phase = K.reference_phase
-_field_mixed = cpu._field_mixed
-LANES, MODE_BLOCK = cpu.LANES, cpu.MODE_BLOCK
-
-
-@numba.njit
-def _hot_path_groups(turns, m32, points, block_refs, out):
-    n_modes = turns.shape[1]
-    n_blocks = block_refs.shape[0]
-    phases = np.empty((n_modes, LANES), np.float32)
-    d = np.empty((n_blocks, 3, LANES), np.float32)
-    b = np.empty((3, LANES))
-    acc = np.empty((3, LANES), np.float32)
-    for g in range(0, points.shape[0], LANES):
-        for q in range(LANES):
-            for k in range(n_blocks):
-                r = block_refs[k, g + q]
-                for m in range(k * MODE_BLOCK, min((k + 1) * MODE_BLOCK, n_modes)):
-                    phases[m, q] = _reference_phase(r[0], r[1], r[2], turns, m)
-                for c in range(3):
-                    d[k, c, q] = np.float32(points[g + q, c] - r[c])
-        _field_mixed(m32, phases, d, b, acc)
-        for q in range(LANES):
-            for c in range(3):
-                out[g + q, c] = b[c, q]
-
-
-def _hot_path_field(modes, points, block_refs):
-    """The field as ``trace`` evaluates it: ``_field_mixed`` on groups of ``LANES``
-    points, each block of ``MODE_BLOCK`` modes with its own reference points
-    ``block_refs`` (n_blocks, n, 3)."""
-    assert len(points) % LANES == 0
-    out = np.empty((len(points), 3))
-    _hot_path_groups(*kernels.mixed_mode_arrays(modes), points, block_refs, out)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -193,52 +168,28 @@ def test_mixed_field_matches_the_float64_oracle_far_out(turbulence):
     # Positions out to |x| = 1e3 L_c: phases k.x up to 6e5 rad, offsets from the
     # reference points up to the phase budget (per block of modes on the hot path).
     # Requirement: every error below 1e-6 of the rms turbulent field sqrt(sigma2).
-    # Measured over the 20480 points of each of the four fields: max 5.6e-7 (hot path:
-    # float32 sums in each lane over blocks of 16 modes), 4.3e-7 (scalar kernel:
-    # float64 sums); rms 1.9e-7 and 1.3e-7. (Session 4's hot path, four particles with
-    # the modes in the lanes and blocks of 128: 5.7e-7, rms 1.8e-7.)
+    # Measured over the 20480 points of each of the four fields: max 5.6e-7, rms
+    # 1.9e-7 (float32 sums in each lane over blocks of 16 modes; float64 sums would
+    # give 4.3e-7 and 1.3e-7).
     modes = make_modes(turbulence, seed=3, realisation=2)
     rms = math.sqrt(turbulence.sigma2)
     rng = np.random.default_rng(7)
-    x, refs = _points_and_references(modes, 20480, 1000.0, rng)
+    x = _points(20480, 1000.0, rng)
     exact = field_reference(modes, x)
-    hot = _hot_path_field(modes, x, _block_references(modes, x, rng))
-    scalar = cpu.field_at_points(modes, x, precision="mixed", references=refs)
-    for got in (hot, scalar):
-        err = np.linalg.norm(got - exact, axis=1)
-        assert err.max() < 1e-6 * rms
-        assert np.sqrt(np.mean(err**2)) < 3e-7 * rms
+    err = np.linalg.norm(cpu_mixed.field_as_traced(modes, x, _block_references(modes, x, rng)) - exact, axis=1)
+    assert err.max() < 1e-6 * rms
+    assert np.sqrt(np.mean(err**2)) < 3e-7 * rms
 
 
-def test_field_at_points_mixed_defaults_to_zero_offset():
+def test_field_as_traced_defaults_to_zero_offset_and_checks_shapes():
     modes = make_modes(TurbulenceConfig(n_modes=128), 0, 0)
-    x = np.random.default_rng(2).uniform(-500, 500, size=(500, 3))
-    got = cpu.field_at_points(modes, x, precision="mixed")
+    x = np.random.default_rng(2).uniform(-500, 500, size=(500, 3))  # not a multiple of LANES
+    got = cpu_mixed.field_as_traced(modes, x)
     assert np.abs(got - field_reference(modes, x)).max() < 1e-6
-    with pytest.raises(ValueError, match="precision"):
-        cpu.field_at_points(modes, x, precision="float16")
-
-
-def test_mixed_speed_is_one_to_rounding_after_200000_steps():
-    modes = make_modes(TurbulenceConfig(n_modes=64), seed=1, realisation=0)
-    v0 = np.array([[0.6, 0.0, 0.8], [-0.48, 0.6, 0.64], [0.0, 0.0, -1.0]])
-    _, v = cpu.trace(np.zeros((3, 3)), v0, modes, 1.0, 0.05, 0.1, np.array([2 * 10**5]), precision="mixed")
-    assert np.abs(np.linalg.norm(v[-1], axis=1) - 1.0).max() < 1e-12
-
-
-def test_mixed_uniform_field_orbit_is_the_exact_helix():
-    # sigma2 = 0: the mixed field is exactly z_hat, and the polynomial rotation equals
-    # the math.cos one to 1e-16 per step: same tolerance as the float64 path.
-    uniform = make_modes(TurbulenceConfig(sigma2=0.0, n_modes=4), 0, 0)
-    rl, dtau, pitch = 0.37, 0.05, 0.6
-    v0 = np.array([[np.sqrt(1 - pitch**2), 0.0, pitch]])
-    steps = np.array([10, 1000, 20000])
-    x, v = cpu.trace(np.zeros((1, 3)), v0, uniform, 1.0, dtau, rl, steps, precision="mixed")
-    x_exact, v_exact = helix(v0[0, 0], pitch, steps * dtau, rl, 1.0)
-    np.testing.assert_allclose(v[:, 0], v_exact, rtol=0, atol=1e-11)
-    h = dtau / 2
-    bound = 2 * rl * v0[0, 0] * (1 - h / np.tan(h)) + 1e-11 * rl * steps * dtau
-    assert np.all(np.linalg.norm(x[:, 0] - x_exact, axis=1) <= bound)
+    np.testing.assert_array_equal(got, get_backend("cpu", "mixed").field_at_points(modes, x))
+    np.testing.assert_array_equal(cpu_mixed.field_as_traced(modes, x[:3]), got[:3])  # lanes are independent
+    with pytest.raises(ValueError, match="references has shape"):
+        cpu_mixed.field_as_traced(modes, x, x[:10])
 
 
 def test_short_mixed_trajectory_agrees_with_the_float64_path():
@@ -254,8 +205,8 @@ def test_short_mixed_trajectory_agrees_with_the_float64_path():
     v0 /= np.linalg.norm(v0, axis=1)[:, None]
     x0 = np.zeros_like(v0)
     steps = np.array([10, 100])
-    xm, vm = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision="mixed")
-    xd, vd = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps)
+    xm, vm = get_backend("cpu", "mixed").trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
+    xd, vd = get_backend("cpu").trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
     assert np.abs(xm[0] - xd[0]).max() < 2e-8
     assert np.abs(vm[0] - vd[0]).max() < 5e-7
     assert np.abs(xm[1] - xd[1]).max() < 2e-6
@@ -276,32 +227,12 @@ def test_mixed_step_with_rotation_angles_beyond_one():
     v0 /= np.linalg.norm(v0, axis=1)[:, None]
     x0 = rng.uniform(-10, 10, size=(100, 3))
     dtau = 4.0
-    theta = dtau * np.linalg.norm(cpu.field_at_points(modes, x0 + 0.5 * dtau * 0.1 * v0), axis=1)
+    theta = dtau * np.linalg.norm(get_backend("cpu").field_at_points(modes, x0 + 0.5 * dtau * 0.1 * v0), axis=1)
     assert np.mean(theta > 1.0) > 0.5 and np.sum(theta > 8.0) >= 3
-    xm, vm = cpu.trace(x0, v0, modes, 1.0, dtau, 0.1, [1], precision="mixed")
-    xd, vd = cpu.trace(x0, v0, modes, 1.0, dtau, 0.1, [1])
+    xm, vm = get_backend("cpu", "mixed").trace(x0, v0, modes, sign=1.0, dt=dtau, rl=0.1, snapshot_steps=[1])
+    xd, vd = get_backend("cpu").trace(x0, v0, modes, sign=1.0, dt=dtau, rl=0.1, snapshot_steps=[1])
     assert np.abs(vm - vd).max() < 5e-6
     assert np.abs(xm - xd).max() < 1e-6
-
-
-def test_mixed_result_of_a_particle_does_not_depend_on_its_batch():
-    # Each particle's arithmetic is independent of its neighbours in a group of LANES
-    # (and of the thread that runs it): bitwise equal alone or in a batch of 7.
-    modes = make_modes(TurbulenceConfig(n_modes=96), seed=2, realisation=0)
-    rng = np.random.default_rng(5)
-    x0 = rng.uniform(-50, 50, size=(7, 3))
-    v0 = rng.normal(size=(7, 3))
-    v0 /= np.linalg.norm(v0, axis=1)[:, None]
-    steps = np.array([0, 3, 50])
-    xb, vb = cpu.trace(x0, v0, modes, -1.0, 0.05, 0.1, steps, precision="mixed")
-    assert xb.shape == (3, 7, 3)
-    np.testing.assert_array_equal(xb[0], x0)  # step 0 records the initial state
-    for i in (0, 3, 6):
-        xa, va = cpu.trace(x0[i:i + 1], v0[i:i + 1], modes, -1.0, 0.05, 0.1, steps, precision="mixed")
-        np.testing.assert_array_equal(xa[:, 0], xb[:, i])
-        np.testing.assert_array_equal(va[:, 0], vb[:, i])
-    empty = cpu.trace(np.zeros((0, 3)), np.zeros((0, 3)), modes, 1.0, 0.05, 0.1, steps, precision="mixed")
-    assert empty[0].shape == (3, 0, 3)
 
 
 @pytest.mark.parametrize("precision", ["float64", "mixed"])
@@ -317,10 +248,10 @@ def test_result_does_not_depend_on_threads_or_chunks(precision, monkeypatch):
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        xb, vb = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision=precision)
+        xb, vb = get_backend("cpu", precision).trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
         numba.set_num_threads(1)
         monkeypatch.setattr(cpu, "CHUNKS_PER_THREAD", 1)
-        xa, va = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision=precision)
+        xa, va = get_backend("cpu", precision).trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
     finally:
         numba.set_num_threads(old)
     np.testing.assert_array_equal(xa, xb)
@@ -332,7 +263,7 @@ def test_dynamic_runner_covers_every_item_once_and_raises():
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        cpu._run_dynamic(lambda a, b, out: out.extend(range(a, b)), 101, seen)
+        cpu.run_chunks(lambda a, b, out: out.extend(range(a, b)), 101, 2, seen)
         assert sorted(seen) == list(range(101))
 
         def fail(a, b):
@@ -340,7 +271,7 @@ def test_dynamic_runner_covers_every_item_once_and_raises():
                 raise RuntimeError("chunk failed")
 
         with pytest.raises(RuntimeError, match="chunk failed"):
-            cpu._run_dynamic(fail, 50)
+            cpu.run_chunks(fail, 50, 2)
     finally:
         numba.set_num_threads(old)
 
@@ -350,106 +281,49 @@ def test_refresh_interval():
     kmax = np.linalg.norm(modes[0:3], axis=0).max()
     assert kmax == pytest.approx(200 * np.pi)
     # Paper: k_max r_L dtau = pi per step; budget 8 pi -> offsets of at most 8 steps.
-    assert cpu.refresh_interval(modes, 0.05, 0.1) == 9
-    assert cpu.refresh_interval(modes, 0.02, 0.1) == 21
+    assert cpu_mixed.refresh_interval(modes, 0.05, 0.1) == 9
+    assert cpu_mixed.refresh_interval(modes, 0.02, 0.1) == 21
     for dtau, rl in ((0.05, 0.1), (0.013, 0.3), (0.2, 1.0)):
-        m = cpu.refresh_interval(modes, dtau, rl)
-        assert (m - 1) * kmax * rl * dtau <= cpu.PHASE_BUDGET * (1 + 1e-9)
-        assert m * kmax * rl * dtau > cpu.PHASE_BUDGET or m == cpu.MAX_REFRESH_INTERVAL
-    assert cpu.refresh_interval(modes, 1e-9, 0.1) == cpu.MAX_REFRESH_INTERVAL
+        m = cpu_mixed.refresh_interval(modes, dtau, rl)
+        assert (m - 1) * kmax * rl * dtau <= cpu_mixed.PHASE_BUDGET * (1 + 1e-9)
+        assert m * kmax * rl * dtau > cpu_mixed.PHASE_BUDGET or m == cpu_mixed.MAX_REFRESH_INTERVAL
+    assert cpu_mixed.refresh_interval(modes, 1e-9, 0.1) == cpu_mixed.MAX_REFRESH_INTERVAL
     # Each block of MODE_BLOCK modes its own interval, from its own largest k and its
     # budget: blocks of large A k get less than the full budget (the least: 0.15 of it,
     # k ~ 1 / L_c), the blocks of small k refresh hundreds of times less often than
     # the block of the largest k.
-    budgets = cpu.block_phase_budgets(modes)
-    assert budgets[-1] == cpu.PHASE_BUDGET and 0.1 < budgets.min() / cpu.PHASE_BUDGET < 0.3
-    blocks = cpu.refresh_intervals(modes, 0.05, 0.1)
-    assert len(blocks) == 256 // cpu.MODE_BLOCK and blocks[-1] == 9
+    budgets = cpu_mixed.block_phase_budgets(modes)
+    assert budgets[-1] == cpu_mixed.PHASE_BUDGET and 0.1 < budgets.min() / cpu_mixed.PHASE_BUDGET < 0.3
+    blocks = cpu_mixed.refresh_intervals(modes, 0.05, 0.1)
+    assert len(blocks) == 256 // cpu_mixed.MODE_BLOCK and blocks[-1] == 9
     for k, (m, budget) in enumerate(zip(blocks, budgets)):
-        kb = np.linalg.norm(modes[0:3, k * cpu.MODE_BLOCK:(k + 1) * cpu.MODE_BLOCK], axis=0).max()
+        kb = np.linalg.norm(modes[0:3, k * cpu_mixed.MODE_BLOCK:(k + 1) * cpu_mixed.MODE_BLOCK], axis=0).max()
         assert (m - 1) * kb * 0.1 * 0.05 <= budget * (1 + 1e-9)
-        assert budget < m * kb * 0.1 * 0.05 or m == cpu.MAX_REFRESH_INTERVAL
+        assert budget < m * kb * 0.1 * 0.05 or m == cpu_mixed.MAX_REFRESH_INTERVAL
     assert blocks[0] > 100 * blocks[-1]
     # Refreshing every step changes only rounding-level details of the field.
     x0 = np.random.default_rng(6).uniform(-20, 20, size=(8, 3))
     v0 = np.tile([[0.6, 0.0, 0.8]], (8, 1))
-    a = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed")
-    b = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed", refresh=1)
+    a = get_backend("cpu", "mixed").trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=[20])
+    b = get_backend("cpu", "mixed", refresh=1).trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=[20])
     assert np.abs(a[0] - b[0]).max() < 1e-8
-    with pytest.raises(ValueError, match="refresh"):
-        cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="mixed", refresh=0)
-    with pytest.raises(ValueError, match="precision"):
-        cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, [20], precision="half")
 
 
 def test_python_execution_of_the_kernels_matches_the_compiled_ones():
     # The CUDA simulator runs the kernels as plain Python (numpy float32 scalars).
-    py = kernels.compile_kernels(lambda f: f)
     rng = np.random.default_rng(8)
     for ph in rng.uniform(-5, 5, 50).astype(np.float32):
-        assert abs(float(py.cos_turns(ph)) - float(K.cos_turns(ph))) < 2.5e-7  # FMA or not: 1-2 ulp
+        assert abs(float(kernels.cos_turns(ph)) - float(K.cos_turns(ph))) < 2.5e-7  # FMA or not: 1-2 ulp
     for ph in rng.uniform(-1e6, 1e6, 20):
-        assert abs(float(py.reduce_turns(ph)) - float(K.reduce_turns(ph))) < 1e-7
+        assert abs(float(kernels.reduce_turns(ph)) - float(K.reduce_turns(ph))) < 1e-7
+        assert kernels.quarter_turns(ph) == PLAIN.quarter_turns(ph)
     modes = make_modes(TurbulenceConfig(n_modes=32), 0, 0)
-    turns, m32 = kernels.mixed_mode_arrays(modes)
-    phases_py = np.empty(32, np.float32)
-    phases_c = np.empty(32, np.float32)
-    py.reference_phases(3.0, -2.0, 40.0, turns, phases_py)
-    K.reference_phases(3.0, -2.0, 40.0, turns, phases_c)
-    np.testing.assert_allclose(phases_py, phases_c, atol=1e-7)
-    state = (3.01, -2.0, 40.0, 0.6, 0.0, 0.8, 3.0, -2.0, 40.0)
-    out_py = py.push_mixed(*state, False, turns, m32, phases_py, 1.0, 0.05, 0.1)
-    out_c = K.push_mixed(*state, False, turns, m32, phases_c, 1.0, 0.05, 0.1)
-    np.testing.assert_allclose(out_py, out_c, atol=1e-12)
-
-
-def test_push_mixed_scalar_kernel_matches_the_cpu_path():
-    # The scalar kernel (for other backends) steps like the CPU mixed path.
-    modes = make_modes(TurbulenceConfig(n_modes=128), 0, 1)
-    turns, m32 = kernels.mixed_mode_arrays(modes)
-    every = cpu.refresh_interval(modes, 0.05, 0.1)
-    x0 = np.array([1.0, -3.0, 25.0])
-    v0 = np.array([0.0, 0.6, -0.8])
-    phases = np.empty(128, np.float32)
-    s = (*x0, *v0, 0.0, 0.0, 0.0)
-    for step in range(30):
-        s = K.push_mixed(*s, step % every == 0, turns, m32, phases, -1.0, 0.05, 0.1)
-    xc, vc = cpu.trace(x0[None], v0[None], modes, -1.0, 0.05, 0.1, [30], precision="mixed")
-    np.testing.assert_allclose(s[0:3], xc[0, 0], atol=1e-9)
-    np.testing.assert_allclose(s[3:6], vc[0, 0], atol=1e-7)
-
-
-def test_new_kernels_compile_for_cuda(monkeypatch):
-    # Typing and lowering of the new scalar kernels for the CUDA target (what the CUDA
-    # backend needs). Without a GPU the device-function dispatcher cannot ask the
-    # driver for the compute capability; it is told 8.0 instead.
-    cuda = pytest.importorskip("numba.cuda")
-    if cuda.config.ENABLE_CUDASIM:  # pragma: no cover
-        pytest.skip("CUDA simulator active")
-    from numba import types
-    from numba.cuda import dispatcher
-    from numba.cuda.compiler import compile_cuda
-
-    if not cuda.is_available():
-        monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=(8, 0)))
-    kc = kernels.compile_kernels(cuda.jit(device=True))
-    push_mixed = kc.push_mixed
-    cos_turns = kc.cos_turns
-
-    def kernel(state, modes, modes32, phases, out):
-        i = cuda.grid(1)
-        if i < state.shape[0]:
-            s = push_mixed(state[i, 0], state[i, 1], state[i, 2], state[i, 3], state[i, 4], state[i, 5],
-                           state[i, 6], state[i, 7], state[i, 8], i % 5 == 0, modes, modes32, phases[i],
-                           1.0, 0.05, 0.1)
-            for c in range(9):
-                state[i, c] = s[c]
-            out[i] = cos_turns(phases[i, 0])
-
-    f64, f32 = types.float64[:, :], types.float32[:, :]
-    cres = compile_cuda(kernel, types.void, (f64, f64, f32, f32, types.float32[:]), cc=(8, 0))
-    ir = cres.library.get_llvm_str()
-    assert "fptrunc double" in ir  # float64 reference phases and offsets rounded to float32
+    turns, amps = mode_arrays_aos(modes)
+    state = (3.01, -2.0, 40.0, 0.6, 0.0, 0.8)
+    np.testing.assert_allclose(kernels.push_turns(*state, turns, amps, 1.0, 0.05, 0.1),
+                               PLAIN.push_turns(*state, turns, amps, 1.0, 0.05, 0.1), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(kernels.push(*state, modes, 1.0, 0.05, 0.1),
+                               PLAIN.push(*state, modes, 1.0, 0.05, 0.1), rtol=0, atol=1e-15)
 
 
 # --------------------------------------------------------------------------------------
@@ -459,27 +333,25 @@ def test_new_kernels_compile_for_cuda(monkeypatch):
 # (what the GPU compiler does).
 # --------------------------------------------------------------------------------------
 
-PLAIN = kernels.compile_kernels(numba.njit)
-TURNS_SETS = {"plain": PLAIN, "contract": K}
+TURNS_SETS = {"plain": {}, "contract": MIXED}
 
 
-def _turns_drivers(kset):
-    quarter, neg_sin, field = kset.quarter_turns, kset.neg_sin_turns, kset.field_at_turns
-
-    @numba.njit
+def _turns_drivers(options):
+    @numba.njit(**options)
     def cos_many(phases, out):
         for i in range(phases.shape[0]):
-            out[i] = neg_sin(quarter(phases[i]))
+            out[i] = kernels.neg_sin_turns(kernels.quarter_turns(phases[i]))
 
-    @numba.njit
+    @numba.njit(**options)
     def field_many(turns, amps, points, out):
         for i in range(points.shape[0]):
-            out[i, 0], out[i, 1], out[i, 2] = field(points[i, 0], points[i, 1], points[i, 2], turns, amps)
+            out[i, 0], out[i, 1], out[i, 2] = kernels.field_at_turns(points[i, 0], points[i, 1], points[i, 2],
+                                                                     turns, amps)
 
     return cos_many, field_many
 
 
-DRIVERS = {name: _turns_drivers(kset) for name, kset in TURNS_SETS.items()}
+DRIVERS = {name: _turns_drivers(options) for name, options in TURNS_SETS.items()}
 
 
 def test_quarter_turns_is_the_exact_reduction_rounded_once():
@@ -537,8 +409,8 @@ def test_field_at_turns_against_float64_and_the_numpy_oracle(turbulence, name):
     x = rng.normal(size=(20000, 3))
     x *= (1000.0 * rng.uniform(0, 1, len(x)) / np.linalg.norm(x, axis=1))[:, None]
     got = np.empty_like(x)
-    field_many(*kernels.turns_mode_arrays(modes), x, got)
-    f64 = cpu.field_at_points(modes, x)  # the float64 kernel
+    field_many(*mode_arrays_aos(modes), x, got)
+    f64 = get_backend("cpu").field_at_points(modes, x)  # the float64 kernel
     oracle = field_reference(modes, x)
     assert np.abs(f64 - oracle).max() < 1e-11  # the two references agree
     for ref in (f64, oracle):
@@ -547,9 +419,16 @@ def test_field_at_turns_against_float64_and_the_numpy_oracle(turbulence, name):
         assert np.sqrt(np.mean(err**2)) < 2e-7 * rms
 
 
-def test_turns_mode_arrays_layout():
+def test_mode_array_layouts():
     modes = make_modes(TurbulenceConfig(n_modes=5), 0, 0)
-    turns, amps = kernels.turns_mode_arrays(modes)
+    turns_soa, modes32_soa = cpu_mixed.mode_arrays_soa(modes)
+    assert turns_soa.shape == (4, 5) and turns_soa.dtype == np.float64
+    assert modes32_soa.shape == (6, 5) and modes32_soa.dtype == np.float32
+    np.testing.assert_array_equal(turns_soa[0:3], modes[0:3] / (2 * np.pi))
+    np.testing.assert_array_equal(turns_soa[3], modes[6] / (2 * np.pi))
+    np.testing.assert_array_equal(modes32_soa[0:3], turns_soa[0:3].astype(np.float32))
+    np.testing.assert_array_equal(modes32_soa[3:6], modes[3:6].astype(np.float32))
+    turns, amps = mode_arrays_aos(modes)
     assert turns.shape == (5, 4) and turns.dtype == np.float64 and turns.flags.c_contiguous
     assert amps.shape == (5, 4) and amps.dtype == np.float32 and amps.flags.c_contiguous
     np.testing.assert_array_equal(turns[:, 0:3], modes[0:3].T / (2 * np.pi))
@@ -557,7 +436,7 @@ def test_turns_mode_arrays_layout():
     np.testing.assert_array_equal(amps[:, 0:3], modes[3:6].T.astype(np.float32))
     assert np.all(amps[:, 3] == 0)
     # no modes: the regular field alone
-    t0, a0 = kernels.turns_mode_arrays(np.zeros((7, 0)))
+    t0, a0 = mode_arrays_aos(np.zeros((7, 0)))
     assert PLAIN.field_at_turns(1.0, 2.0, 3.0, t0, a0) == (0.0, 0.0, 1.0)
 
 
@@ -565,7 +444,7 @@ def test_push_turns_keeps_speed_and_follows_the_uniform_field_helix():
     # sigma2 = 0: every mode has zero amplitude, the field is exactly z_hat, and the
     # orbit is the float64 path's (same rotation formula to 1e-16 per step).
     uniform = make_modes(TurbulenceConfig(sigma2=0.0, n_modes=40), 0, 0)
-    turns, amps = kernels.turns_mode_arrays(uniform)
+    turns, amps = mode_arrays_aos(uniform)
     rl, dtau = 0.37, 0.05
     s = (0.0, 0.0, 0.0, 0.8, 0.0, 0.6)
     for _ in range(2000):
@@ -577,53 +456,3 @@ def test_push_turns_keeps_speed_and_follows_the_uniform_field_helix():
     # |v| = 1 to rounding: measured 4.8e-14 after 2000 steps (a random walk of ~1e-16
     # per step); a rotation that did not preserve |v| would drift by dtau^2 per step.
     assert abs(np.linalg.norm(s[3:6]) - 1.0) < 1e-12
-
-
-def test_two_particle_kernels_equal_the_one_particle_ones():
-    # field_at_turns2 / push_turns2 (two particles per GPU thread) do each particle's
-    # arithmetic exactly as field_at_turns / push_turns: bitwise equal.
-    modes = make_modes(TurbulenceConfig(n_modes=37), 1, 0)  # two blocks of 16 and one of 5
-    turns, amps = kernels.turns_mode_arrays(modes)
-    rng = np.random.default_rng(12)
-    for kset in (PLAIN, K):
-        for _ in range(20):
-            p0, p1 = rng.uniform(-300, 300, (2, 3))
-            assert kset.field_at_turns2(*p0, *p1, turns, amps) == (
-                kset.field_at_turns(*p0, turns, amps) + kset.field_at_turns(*p1, turns, amps))
-        v = rng.normal(size=(2, 3))
-        v /= np.linalg.norm(v, axis=1)[:, None]
-        a = (*rng.uniform(-50, 50, 3), *v[0])
-        b = (*rng.uniform(-50, 50, 3), *v[1])
-        pair = a + b
-        for _ in range(30):
-            a = kset.push_turns(*a, turns, amps, -1.0, 0.05, 0.1)
-            b = kset.push_turns(*b, turns, amps, -1.0, 0.05, 0.1)
-            pair = kset.push_turns2(*pair, turns, amps, -1.0, 0.05, 0.1)
-        assert pair == a + b
-        assert np.linalg.norm(np.array(a[3:6]) - v[0]) > 0.1  # the field turned it
-
-
-@pytest.mark.parametrize("pairs", [False, True], ids=["one", "pairs"])
-def test_cuda_mixed_trace_kernel_compiles_for_the_gpu(monkeypatch, pairs):
-    # Typing and lowering of the CUDA backend's mixed trace kernel for a real GPU
-    # target (sm_90), which the simulator tests cannot check: 16-byte aligned shared
-    # arrays, unsigned mode loops, float64 -> float32 rounding of the reduced phase.
-    cuda = pytest.importorskip("numba.cuda")
-    if cuda.config.ENABLE_CUDASIM:  # pragma: no cover
-        pytest.skip("CUDA simulator active")
-    from numba import types
-    from numba.cuda import dispatcher
-    from numba.cuda.compiler import compile_cuda
-
-    from crsky.backends import cuda as cb
-
-    if not cuda.is_available():
-        monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(compute_capability=(9, 0)))
-    kernel = cb._kernel_for(256, "mixed", pairs)
-    f64_3, f32_3, out = types.float64[:, :, ::1], types.float32[:, :, ::1], types.float64[:, :, :, ::1]
-    sig = (f64_3, f64_3, f64_3, f32_3, types.float64, types.float64, types.float64, types.int64[::1],
-           types.int64, out, out)
-    ir = compile_cuda(kernel.py_func, types.void, sig, cc=(9, 0)).library.get_llvm_str()
-    smem = [line for line in ir.splitlines() if "addrspace(3) global" in line]
-    assert len(smem) == 2 and all("align 16" in line for line in smem), smem
-    assert "fptrunc double" in ir

@@ -116,3 +116,58 @@ def test_manifest_has_provenance(tmp_path, cfg):
 def test_existing_requires_a_run(tmp_path):
     with pytest.raises(RunDirError, match="does not exist"):
         RunStore.existing(tmp_path / "missing")
+
+
+def test_lock_is_reentrant_in_a_process_and_records_its_holder(tmp_path, cfg):
+    import os
+
+    store = RunStore.open(tmp_path / "run", cfg)
+    with store.lock(exclusive=True):
+        assert store.holds_lock(exclusive=True)
+        with RunStore(tmp_path / "run").lock(exclusive=False):  # another object, same process
+            assert store.completed() == []
+        holder = json.loads((tmp_path / "run" / "crsky.lock").read_text().splitlines()[0])
+        assert holder["pid"] == os.getpid() and holder["mode"] == "write"
+    assert not store.holds_lock(exclusive=False)
+    with store.lock(exclusive=False):
+        with pytest.raises(RunDirError, match="open for reading in this process"):
+            with store.lock(exclusive=True):
+                pass
+
+
+def test_atomic_netcdf_writer_round_trips_with_umask_permissions(tmp_path, cfg):
+    import hashlib
+    import os
+
+    from crsky.store import atomic_write_netcdf, realisation_dataset
+
+    x = np.random.default_rng(1).normal(size=(2, 12, 3))
+    ds = realisation_dataset(cfg, 0, [1.0, 2.0], x, x)
+    old = os.umask(0o027)
+    try:
+        record = atomic_write_netcdf(ds, tmp_path / "a.nc")
+    finally:
+        os.umask(old)
+    data = (tmp_path / "a.nc").read_bytes()
+    assert record == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert (tmp_path / "a.nc").stat().st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["a.nc"]
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "a.nc", engine="h5netcdf") as back:
+        np.testing.assert_array_equal(back["x"].values, x)
+
+
+def test_refused_start_leaves_no_directory_or_lock_behind(tmp_path, cfg):
+    run = tmp_path / "run"
+    run_ensemble(cfg, run, backend="cpu", progress=False)
+    other = resolve_config({**TINY, "ensemble": {"realisations": 4, "seed": 1}})
+    with pytest.raises(RunDirError):
+        RunStore.open(run, other)
+    assert (run / "crsky.lock").exists()  # a crsky run keeps its lock file
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a crsky run directory"):
+        RunStore.open(user, cfg, force=True)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]

@@ -31,7 +31,7 @@ def test_isotropic_amplitudes_follow_the_spec_spectrum():
     modes = make_modes(t, seed=0, realisation=0)
     k = np.linalg.norm(modes[0:3], axis=0)
     a2 = (modes[3:6] ** 2).sum(axis=0)
-    g = k**3 / (1.0 + k**t.gamma)  # SPEC section 2, written directly (L_c = 1)
+    g = k**3 / (1.0 + k**t.gamma)  # docs/conventions.md, "Turbulent field", written directly (L_c = 1)
     np.testing.assert_allclose(a2, 2 * t.sigma2 * g / g.sum(), rtol=1e-12)
     np.testing.assert_allclose(k, wavenumbers(t.lambda_min, t.lambda_max, t.n_modes), rtol=1e-14)
 

@@ -19,66 +19,34 @@ import argparse
 import json
 import math
 
-import numba
 import numpy as np
 
-from crsky import kernels
-from crsky.backends import cpu
+from crsky.backends import cpu_mixed, get_backend
 from crsky.config import TurbulenceConfig
 from crsky.turbulence import make_modes
 
-_ref = cpu._reference_phases
-_field = cpu._field_mixed
-LANES = cpu.LANES
-
-
-@numba.njit(parallel=True)
-def hot_path_field(modes_turns, modes32, points, references, out):
-    n_modes = modes_turns.shape[1]
-    n_blocks = (n_modes + cpu.MODE_BLOCK - 1) // cpu.MODE_BLOCK
-    for g in numba.prange(points.shape[0] // LANES):
-        phases = np.empty((n_modes, LANES), np.float32)
-        row = np.empty(n_modes, np.float32)
-        d = np.empty((n_blocks, 3, LANES), np.float32)
-        b = np.empty((3, LANES))
-        acc = np.empty((3, LANES), np.float32)
-        for q in range(LANES):
-            i = LANES * g + q
-            _ref(references[i, 0], references[i, 1], references[i, 2], modes_turns, row)
-            phases[:, q] = row
-            for c in range(3):
-                d[:, c, q] = np.float32(points[i, c] - references[i, c])  # one reference for all blocks
-        _field(modes32, phases, d, b, acc)
-        for q in range(LANES):
-            for c in range(3):
-                out[LANES * g + q, c] = b[c, q]
+LANES = cpu_mixed.LANES
 
 
 def field_errors(turbulence, n_points, radius, budgets, seed=0):
     n_points -= n_points % LANES  # whole groups of lanes
     modes = make_modes(turbulence, seed=seed, realisation=0)
-    turns, m32 = kernels.mixed_mode_arrays(modes)
     kmax = np.linalg.norm(modes[0:3], axis=0).max()
     rms = math.sqrt(turbulence.sigma2)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n_points, 3))
     x *= (radius * rng.uniform(0, 1, n_points) / np.linalg.norm(x, axis=1))[:, None]
-    exact = cpu.field_at_points(modes, x)
+    exact = get_backend("cpu").field_at_points(modes, x)
     rows = []
     for budget in budgets:
         off = rng.normal(size=(n_points, 3))
         off *= (budget / kmax * rng.uniform(0, 1, n_points) / np.linalg.norm(off, axis=1))[:, None]
-        refs = x - off
-        hot = np.empty_like(x)
-        hot_path_field(turns, m32, x, refs, hot)
-        scalar = cpu.field_at_points(modes, x, precision="mixed", references=refs)
-        row = {"budget_rad": budget}
-        for name, got in (("hot", hot), ("scalar", scalar)):
-            err = np.linalg.norm(got - exact, axis=1) / rms
-            row[name] = {"max": float(err.max()), "rms": float(np.sqrt(np.mean(err**2))),
-                         "q0.9999": float(np.quantile(err, 0.9999))}
-        print(f"  budget {budget:7.2f} rad: hot path max {row['hot']['max']:.2e} rms {row['hot']['rms']:.2e}; "
-              f"scalar max {row['scalar']['max']:.2e} rms {row['scalar']['rms']:.2e}  (x rms field)", flush=True)
+        hot = cpu_mixed.field_as_traced(modes, x, x - off)  # one reference point for all blocks
+        err = np.linalg.norm(hot - exact, axis=1) / rms
+        row = {"budget_rad": budget, "hot": {"max": float(err.max()), "rms": float(np.sqrt(np.mean(err**2))),
+                                             "q0.9999": float(np.quantile(err, 0.9999))}}
+        print(f"  budget {budget:7.2f} rad: hot path max {row['hot']['max']:.2e} rms {row['hot']['rms']:.2e}"
+              "  (x rms field)", flush=True)
         rows.append(row)
     return rows
 
@@ -90,11 +58,12 @@ def trajectories(n_particles=256, seed=0):
     v0 /= np.linalg.norm(v0, axis=1)[:, None]
     x0 = np.zeros_like(v0)
     steps = np.array([10, 30, 100, 300, 1000, 3000, 10000])
-    xd, vd = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps)
-    xm, vm = cpu.trace(x0, v0, modes, 1.0, 0.05, 0.1, steps, precision="mixed")
+    f64, mixed = get_backend("cpu"), get_backend("cpu", "mixed")
+    xd, vd = f64.trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
+    xm, vm = mixed.trace(x0, v0, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
     vp = v0 + 1e-12 * rng.normal(size=v0.shape)
     vp /= np.linalg.norm(vp, axis=1)[:, None]
-    xp, _ = cpu.trace(x0, vp, modes, 1.0, 0.05, 0.1, steps)
+    xp, _ = f64.trace(x0, vp, modes, sign=1.0, dt=0.05, rl=0.1, snapshot_steps=steps)
     rows = []
     for j, s in enumerate(steps):
         dm = np.linalg.norm(xm[j] - xd[j], axis=1)
@@ -112,7 +81,8 @@ def trajectories(n_particles=256, seed=0):
 def speed_drift(n_steps=10**6):
     modes = make_modes(TurbulenceConfig(n_modes=64), seed=1, realisation=0)
     v0 = np.array([[0.6, 0.0, 0.8], [-0.48, 0.6, 0.64], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
-    _, v = cpu.trace(np.zeros((4, 3)), v0, modes, 1.0, 0.05, 0.1, [n_steps], precision="mixed")
+    _, v = get_backend("cpu", "mixed").trace(np.zeros((4, 3)), v0, modes, sign=1.0, dt=0.05, rl=0.1,
+                                             snapshot_steps=[n_steps])
     drift = float(np.abs(np.linalg.norm(v[-1], axis=1) - 1).max())
     print(f"  | |v| - 1 | after {n_steps} mixed steps: {drift:.1e}")
     return drift
@@ -124,14 +94,14 @@ def main() -> None:
     ap.add_argument("--radius", type=float, default=1000.0)
     ap.add_argument("--out", default="mixed_accuracy.json")
     args = ap.parse_args()
-    budgets = [0.0, math.pi, 4 * math.pi, cpu.PHASE_BUDGET, 16 * math.pi, 32 * math.pi, 64 * math.pi]
-    out = {"points": args.points, "radius": args.radius, "phase_budget_default": cpu.PHASE_BUDGET}
+    budgets = [0.0, math.pi, 4 * math.pi, cpu_mixed.PHASE_BUDGET, 16 * math.pi, 32 * math.pi, 64 * math.pi]
+    out = {"points": args.points, "radius": args.radius, "phase_budget_default": cpu_mixed.PHASE_BUDGET}
     for name, turb in (("isotropic256", TurbulenceConfig(n_modes=256)),
                        ("isotropic1024", TurbulenceConfig(n_modes=1024)),
                        ("composite256", TurbulenceConfig(geometry="composite", n_modes=256))):
         print(f"field error, {name}, |x| <= {args.radius} L_c, {args.points} points:")
         out[f"field_{name}"] = field_errors(turb, args.points if name == "isotropic256" else args.points // 4,
-                                            args.radius, budgets if name == "isotropic256" else [cpu.PHASE_BUDGET])
+                                            args.radius, budgets if name == "isotropic256" else [cpu_mixed.PHASE_BUDGET])
     print("trajectories (256 modes, r_L = 0.1, dt = 0.05, from the origin):")
     out["trajectories"] = trajectories()
     out["speed_drift_1e6_steps"] = speed_drift()

@@ -33,11 +33,20 @@ import time
 
 import numpy as np
 
-from .backends import get_backend, resolve_backend
+from .backends import PRECISIONS, get_backend, resolve_backend
 from .config import DEFAULT_DT, TurbulenceConfig
 from .turbulence import make_modes
 
-__all__ = ["bench_case", "run_benchmarks", "format_table", "machine_info", "precisions_of"]
+__all__ = [
+    "bench_case",
+    "run_benchmarks",
+    "format_table",
+    "machine_info",
+    "precisions_of",
+    "start_state",
+    "snapshot_steps",
+    "device_name",
+]
 
 #: Work per case (mode evaluations) by precision: about 1.5 s per case at the
 #: measured rates (7e7/s float64, 3e9/s mixed on 2 cores); ``quick`` divides by 10.
@@ -55,7 +64,9 @@ CUDA_PARTICLE_COUNTS = (12288, 262144, 1048576)
 CUDA_QUICK_PARTICLE_COUNTS = (262144,)
 
 
-def _start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Benchmark start: positions normal with 10 ``L_c`` per axis (phases of order
+    10^3-10^4 rad, as late in a run), isotropic unit velocities; shapes (n, 3)."""
     rng = np.random.default_rng(seed)
     pos = rng.normal(scale=10.0, size=(n_particles, 3))
     vel = rng.normal(size=(n_particles, 3))
@@ -63,7 +74,8 @@ def _start_state(n_particles: int, seed: int = 1) -> tuple[np.ndarray, np.ndarra
     return pos, vel
 
 
-def _snapshots(n_steps: int, count: int = 8) -> np.ndarray:
+def snapshot_steps(n_steps: int, count: int = 8) -> np.ndarray:
+    """``count`` log-spaced snapshot steps ending at ``n_steps`` (as a run records)."""
     steps = np.unique(np.geomspace(max(1, n_steps / 100), n_steps, count).astype(np.int64))
     steps[-1] = n_steps
     return steps
@@ -73,31 +85,7 @@ def precisions_of(backend: str) -> tuple[str, ...]:
     """Precisions a backend offers: ``float64`` and ``mixed`` on both the CPU and the
     CUDA backend (the same names; the two mixed algorithms differ, see
     :mod:`crsky.backends.cuda`)."""
-    if backend == "cuda":
-        from .backends.cuda import PRECISIONS
-    else:
-        from .backends.cpu import PRECISIONS
     return PRECISIONS
-
-
-def _tracer(backend: str, precision: str):
-    driver = get_backend(backend)
-    if backend == "cuda":
-        return lambda *args, timings=None: driver.trace(*args, precision=precision, timings=timings)
-    if precision == "float64":
-        return lambda *args, timings=None: driver.trace(*args)
-    return lambda *args, timings=None: driver.trace(*args, precision=precision)
-
-
-def _compiled_now(backend: str, precision: str) -> bool | None:
-    """Whether the last first call compiled (True) or loaded numba's cache (False)."""
-    if backend != "cpu":
-        return None
-    from .backends import cpu
-
-    dispatcher = cpu._trace if precision == "float64" else cpu._trace_mixed
-    stats = dispatcher.stats
-    return bool(stats.cache_misses) if stats.cache_hits or stats.cache_misses else None
 
 
 def bench_case(
@@ -110,12 +98,16 @@ def bench_case(
 ) -> dict:
     """Time one case: the best of ``repeats`` runs after one (separately timed) first call."""
     backend = resolve_backend(backend)
-    trace = _tracer(backend, precision)
+    driver = get_backend(backend, precision)
     modes = make_modes(TurbulenceConfig(n_modes=n_modes), seed=0, realisation=0)
-    pos, vel = _start_state(n_particles)
-    steps = _snapshots(n_steps)
+    pos, vel = start_state(n_particles)
+    steps = snapshot_steps(n_steps)
+
+    def trace(x0, v0, snapshots):
+        return driver.trace(x0, v0, modes, sign=-1.0, dt=DEFAULT_DT, rl=0.1, snapshot_steps=snapshots)
+
     start = time.perf_counter()
-    trace(pos[:2], vel[:2], modes, -1.0, DEFAULT_DT, 0.1, np.array([1], dtype=np.int64))
+    trace(pos[:2], vel[:2], np.array([1], dtype=np.int64))
     first_call = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     best, share, kernel_best = np.inf, None, None
@@ -123,14 +115,13 @@ def bench_case(
     for _ in range(repeats):
         # On the GPU the wall time includes the host-device copies (trace returns
         # host arrays); the kernel alone is timed with CUDA events as well.
-        timings = {}
         start, cpu_start = time.perf_counter(), time.process_time()
-        trace(pos, vel, modes, -1.0, DEFAULT_DT, 0.1, steps, timings=timings)
+        trace(pos, vel, steps)
         wall = time.perf_counter() - start
         if wall < best:
             best = wall
             share = (time.process_time() - cpu_start) / (wall * threads) if threads else None
-        kernel_s = timings.get("kernel_s")
+        kernel_s = driver.last_kernel_seconds
         if kernel_s and (kernel_best is None or kernel_s < kernel_best):
             kernel_best = kernel_s
     particle_steps = n_particles * n_steps
@@ -143,7 +134,7 @@ def bench_case(
         "mode_evals_per_s": particle_steps * n_modes / best,
         "particle_steps_per_s": particle_steps / best,
         "first_call_s": first_call,
-        "compiled": _compiled_now(backend, precision),
+        "compiled": driver.compiled_on_first_call() if backend == "cpu" else None,
         "backend": backend,
         "dtype": precision,
         "precision": precision,
@@ -151,7 +142,7 @@ def bench_case(
         "cpu_share": share,
         "load_1min": load,
         "machine": machine_info()["summary"],
-        "device": _device_name(backend),
+        "device": device_name(backend),
         # CUDA only (None elsewhere): the kernel alone, without host-device copies
         "kernel_seconds": kernel_best,
         "kernel_mode_evals_per_s": particle_steps * n_modes / kernel_best if kernel_best else None,
@@ -166,8 +157,8 @@ def _threads(backend: str) -> int:
     return 0
 
 
-def _device_name(backend: str) -> str | None:
-    """The GPU a CUDA case ran on (``None`` on the CPU)."""
+def device_name(backend: str) -> str | None:
+    """The GPU a CUDA case runs on (``None`` on the CPU)."""
     if backend != "cuda":
         return None
     from numba import cuda

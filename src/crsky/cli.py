@@ -13,7 +13,7 @@ import math
 import sys
 
 from . import __version__
-from .errors import InputError, NonFiniteError
+from .errors import InputError, NonFiniteError, StorageError
 
 __all__ = ["main"]
 
@@ -34,6 +34,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
     return value
 
 
@@ -89,45 +99,115 @@ def _cmd_run(args) -> int:
     from .config import LARGE_RUN_BYTES, check_resources, load_config
     from .ensemble import run_ensemble
 
-    config = load_config(args.config, preset=args.preset)
+
+def _executor_options(args) -> dict:
+    """``run_ensemble`` keywords of the executor options shared by ``run`` and ``reproduce``."""
+    from .scheduler import CONNECT_TIMEOUT_S
+
+    if args.connect_timeout is not None and args.scheduler is None:
+        raise UsageError("--connect-timeout applies only with --scheduler")
+    timeout = CONNECT_TIMEOUT_S if args.connect_timeout is None else args.connect_timeout
+    return {"workers": args.workers, "scheduler": args.scheduler, "connect_timeout": timeout}
+
+
+def _add_executor_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="dask.distributed scheduler address, [tcp://]HOST:PORT")
+    group.add_argument("--workers", type=_positive_int, default=1,
+                       help="local worker processes (default 1: this process, all cores); "
+                       "at most one per CPU core and per pending realisation")
+    parser.add_argument("--connect-timeout", type=_positive_seconds, metavar="SECONDS",
+                        help="seconds to wait for the scheduler to answer (default 30)")
+
+
+def _local_workers(args, config) -> int:
+    """Worker processes this machine will hold at most (for the memory estimate): the
+    ensemble's cap of ``--workers`` (cores, realisations); 1 with a Dask scheduler."""
+    from .ensemble import local_worker_count
+
+    return 1 if args.scheduler else max(1, local_worker_count(args.workers, config.ensemble.realisations)[0])
+
+
+def _cmd_run(args) -> int:
+    from .config import LARGE_RUN_BYTES, check_resources, describe_physical, load_config, physics_warnings
+    from .ensemble import run_ensemble
+    from .store import RunStore
+
+    config = load_config(args.config, preset=args.preset)  # refuses unresolved resonant scales
+    options = _executor_options(args)
     # before the run directory exists: a refused size leaves nothing behind
-    workers = 1 if args.scheduler else args.workers
+    workers = _local_workers(args, config)
     estimate = check_resources(config, args.out, workers=workers)
     if max(estimate.disk_total, estimate.memory_simulation, estimate.memory_analysis) >= LARGE_RUN_BYTES:
         print(f"crsky run: {estimate.describe(workers)}", file=sys.stderr)
-    store = run_ensemble(
-        config, args.out, backend=args.backend, workers=args.workers,
-        scheduler=args.scheduler, force=args.force, progress=not args.quiet,
-    )
+    physical = describe_physical(config)
+    if physical:
+        print(f"crsky run: {physical}", file=sys.stderr)
+    for warning in physics_warnings(config):
+        print(f"crsky run: warning: {warning.message}", file=sys.stderr)
+    # The exclusive lock for the whole run: a second run or an analyze is refused
+    # (naming this process) until it ends; the OS releases it however it ends.
+    with RunStore(args.out).lock(exclusive=True, create_dir=True):
+        store = run_ensemble(config, args.out, backend=args.backend, force=args.force,
+                             progress=not args.quiet, **options)
+        if store.foreign_files:
+            names = ", ".join(store.foreign_files[:5]) + (" ..." if len(store.foreign_files) > 5 else "")
+            print(f"crsky: warning: --force kept {len(store.foreign_files)} files crsky did not write in "
+                  f"{store.path}: {names}", file=sys.stderr)
     done = len(store.completed())
     print(f"crsky run: {done}/{config.ensemble.realisations} realisations complete in {store.path}")
     return 0
 
 
 def _cmd_analyze(args) -> int:
+    import os
+    from pathlib import Path
+
     from .analysis import analyze, format_summary
     from .store import RunStore
 
-    RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
-    _, summary = analyze(args.run_dir, gradients=_analysis_gradients(args.gradient), K=args.K,
-                         progress=not args.json, partial=args.partial)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(format_summary(summary))
-        print(f"\nwrote {args.run_dir}/analysis.nc and {args.run_dir}/summary.json")
+    store = RunStore.existing(args.run_dir)  # a missing or foreign directory is bad input
+    out_dir = Path(args.out) if args.out else store.path
+    if args.out:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    # A read-only (archived) run without --out: analyse, print, and say where it could not write.
+    writable = os.access(out_dir, os.W_OK) and not _read_only_fs(out_dir)
+    with store.lock(exclusive=False, clean=writable and not args.out):
+        _, summary = analyze(store.path, gradients=_analysis_gradients(args.gradient), K=args.K,
+                             progress=not args.json, out_dir=out_dir, write=writable, partial=args.partial)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if not writable:
+        raise StorageError(f"cannot write analysis.nc and summary.json into {out_dir} (read-only); the summary "
+                           "above is complete: rerun with --out DIR to keep the files")
+    if not args.json:
+        print(f"\nwrote {out_dir}/analysis.nc and {out_dir}/summary.json")
     return 0
+
+
+def _read_only_fs(path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only (os.access ignores that for root)."""
+    import os
+
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _cmd_plot(args) -> int:
     from .store import RunStore
 
-    RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
+    store = RunStore.existing(args.run_dir)  # before the heavy imports: bad input first
     from .analysis import SUMMARY_FILE, read_summary
     from .plots import make_figures
 
-    paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
-    _, regenerated = read_summary(args.run_dir)
+    with store.lock(exclusive=False, clean=True):  # no run may write while the figures are drawn
+        paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
+        _, regenerated = read_summary(args.run_dir)
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
               "remade it from analysis.nc", file=sys.stderr)
@@ -151,18 +231,20 @@ def _cmd_reproduce(args) -> int:
     from .config import check_resources, load_config
     from .ensemble import run_ensemble
     from .plots import make_figures
+    from .store import RunStore
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(args.config, preset=args.preset)
-    check_resources(config, out, workers=args.workers)
+    options = _executor_options(args)
+    check_resources(config, out, workers=_local_workers(args, config))
     source = f"{args.config} over preset {args.preset}" if args.config else f"preset {args.preset}"
     print(f"crsky reproduce: {source} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
-    run_ensemble(config, out, backend=args.backend, workers=args.workers, force=args.force,
-                 progress=not args.quiet)
-    _, summary = analyze(out, progress=not args.quiet)  # then the figures, from the analysis just written
-    paths = make_figures(out)
+    with RunStore(out).lock(exclusive=True, create_dir=True):
+        run_ensemble(config, out, backend=args.backend, force=args.force, progress=not args.quiet, **options)
+        _, summary = analyze(out, progress=not args.quiet)  # then the figures, from the analysis just written
+        paths = make_figures(out)
     print(format_summary(summary))
     print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}")
     _print_figures("figures", paths, out)
@@ -216,26 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="base configuration that CONFIG overrides (default: quick)")
     run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
                      help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
-    group.add_argument("--workers", type=_positive_int, default=1,
-                       help="local worker processes (default 1: this process, all cores)")
+    _add_executor_options(run)
     run.add_argument("--force", action="store_true",
-                     help="delete an existing run of another configuration in RUN_DIR and start over")
+                     help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
+                     "files are kept) and run anew (docs/rundir.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser(
         "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
-        description="Analyse RUN_DIR (docs/analysis.md): writes RUN_DIR/analysis.nc (xarray), then "
-        "RUN_DIR/summary.json, and prints a summary table. A run with fewer realisations complete "
-        "than configured is refused unless --partial is given.",
+        description="Analyse RUN_DIR (docs/analysis.md): verifies every realisation against the "
+        "manifest, writes analysis.nc (xarray), then summary.json, into RUN_DIR (or --out DIR), and "
+        "prints a summary table. A run with fewer realisations complete than configured is refused "
+        "unless --partial is given.",
     )
     analyze.add_argument("run_dir", help="run directory written by crsky run")
     analyze.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     analyze.add_argument("--partial", action="store_true",
                          help="analyse an incomplete ensemble; the table, summary.json and analysis.nc "
                          "say 'N of M realisations' and complete = false")
+    analyze.add_argument("--out", metavar="DIR",
+                         help="write analysis.nc and summary.json to DIR instead of RUN_DIR (e.g. for a "
+                         "read-only, archived run)")
     analyze.add_argument("--gradient", action="append", type=_gradient_option, metavar="NAME=x,y,z",
                          help="an extra density gradient g = grad n / n in 1/L_c (used as given, not "
                          "normalised), analysed in addition to parallel (z) and perpendicular (x); repeatable")
@@ -271,8 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
                            help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
-    reproduce.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                           help="local worker processes (default 1: this process, all cores)")
+    _add_executor_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (Mertsch & Ahlers 2015, eq. 4.7)",
@@ -299,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
 _BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
 
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    """One line: what stopped the run, what is complete, how to resume."""
+    # RunInterrupted names its signal; a plain KeyboardInterrupt (outside a run) does not
+    what = f"interrupted by {exc}" if getattr(exc, "signum", None) is not None else "interrupted"
+    if getattr(exc, "completed", None) is not None:
+        what += f"; {exc.completed}/{exc.total} realisations complete in {exc.run_dir}"
+    return f"{what}; run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crsky`` command; returns the exit code.
 
@@ -308,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     Every error is one line on stderr; ``--debug`` adds the traceback.
     """
     from .backends import BackendError, configure_cpu_vectors
+    from .scheduler import SchedulerError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # until the arguments are parsed
@@ -319,9 +412,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (InputError, BackendError) as exc:  # ConfigError, RunDirError, UsageError included
         return _report(f"crsky: error: {exc}", 2, debug)
-    except KeyboardInterrupt:
-        return _report("crsky: interrupted; run the same command again to resume", 130, debug)
-    except NonFiniteError as exc:
+    except StorageError as exc:  # a write failed (full disk, read-only): one line
+        return _report(f"crsky: error: {exc}", 1, debug)
+    except KeyboardInterrupt as exc:  # RunInterrupted (SIGINT, SIGTERM) included
+        return _report(f"crsky: {_interrupted_message(exc)}", getattr(exc, "exit_code", 130), debug)
+    except (NonFiniteError, SchedulerError) as exc:  # a failure, not bad input: one line
         return _report(f"crsky: error: {exc}", 1, debug)
     except OSError as exc:
         if exc.errno in _BAD_PATH_ERRNOS:

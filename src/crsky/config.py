@@ -1,14 +1,18 @@
 """Validated, immutable run configuration: TOML in and out, presets.
 
-All values are in code units (SPEC section 1): lengths in the turbulence bend-over
-scale ``L_c``, times as ``t * Omega``, field strengths in units of ``B0``. The only
-physical units accepted are the alternative particle description
+All values are in code units (docs/conventions.md, Units): lengths in the turbulence
+bend-over scale ``L_c``, times as ``t * Omega``, field strengths in units of ``B0``.
+The only physical units accepted are the alternative particle description
 (``energy_tev``, ``charge``, ``b0_microgauss``, ``lc_pc``), converted to ``rl`` at
 the boundary by :func:`crsky.units.gyroradius_lc`.
 
 A configuration is built from a preset (``quick`` by default) that a TOML file
 overrides key by key. Every value is checked before any work starts; a bad value
 raises :class:`ConfigError` with one line naming the key and its allowed range.
+The physics checks (docs/design.md, Physics checks) run with them: a spectrum that
+does not resolve the resonant scales is refused (:func:`check_resonance`), and
+:func:`physics_warnings` lists what is allowed but suspect (a run too short for the
+steady state, a step too large).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ __all__ = [
     "ResourceEstimate",
     "estimate_resources",
     "check_resources",
+    "check_resonance",
+    "PhysicsWarning",
+    "physics_warnings",
+    "parallel_mean_free_path",
+    "scattering_time",
+    "physical_record",
+    "describe_physical",
 ]
 
 #: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md
@@ -77,7 +88,7 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class TurbulenceConfig:
-    """The turbulent field (SPEC section 2).
+    """The turbulent field (docs/conventions.md, Turbulent field).
 
     Attributes
     ----------
@@ -94,6 +105,10 @@ class TurbulenceConfig:
         Smallest and largest wavelength, in ``L_c``.
     n_modes : int
         Number of plane-wave modes.
+    allow_unresolved : bool
+        Accept a spectrum that does not resolve the resonant scales
+        (:func:`check_resonance`). A permission, not physics: it is left out of
+        :meth:`RunConfig.digest` and written to TOML only when true.
     """
 
     geometry: str = "isotropic"
@@ -103,6 +118,7 @@ class TurbulenceConfig:
     lambda_min: float = 0.01
     lambda_max: float = 100.0
     n_modes: int = 256
+    allow_unresolved: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,7 @@ class ParticlesConfig:
 
 @dataclass(frozen=True)
 class IntegrationConfig:
-    """Time stepping (SPEC section 3).
+    """Time stepping (docs/conventions.md, Equation of motion).
 
     Attributes
     ----------
@@ -203,20 +219,43 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dictionary (TOML tables), without unset optional keys."""
+        """Nested plain dictionary (TOML tables), without unset optional keys and
+        without permissions that are not granted (``allow_unresolved = false``)."""
         out = {}
         for f in dataclasses.fields(self):
             table = dataclasses.asdict(getattr(self, f.name))
-            out[f.name] = {k: v for k, v in table.items() if v is not None}
+            out[f.name] = {k: v for k, v in table.items()
+                           if v is not None and not (k in _PERMISSIONS and v is False)}
         return out
 
     def to_toml(self) -> str:
-        """The resolved configuration as TOML text."""
-        return tomli_w.dumps(self.to_dict())
+        """The resolved configuration as TOML text.
+
+        A run given in physical units gets a ``[derived]`` table after it
+        (:func:`physical_record`: ``r_L / L_c``, the gyro period and ``t_max`` in
+        years and in ``L_c / c``), for the reader of a run directory's config.toml.
+        It is recomputed, never read: :func:`config_from_toml_text` drops it, and the
+        digest does not see it.
+        """
+        text = tomli_w.dumps(self.to_dict())
+        derived = physical_record(self)
+        if derived is not None:
+            text += "\n# Derived from the physical inputs above; recomputed, not read back.\n"
+            text += tomli_w.dumps({DERIVED_TABLE: derived})
+        return text
+
+    def physics_dict(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without the permissions (``allow_unresolved``): what the
+        run computes, and so what identifies it."""
+        out = self.to_dict()
+        for section, key in _PERMISSION_KEYS:
+            out[section].pop(key, None)
+        return out
 
     def to_json(self) -> str:
-        """The resolved configuration as one JSON string (for file attributes)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """The resolved physics (:meth:`physics_dict`) as one JSON string (for file
+        attributes); the input of :meth:`digest`."""
+        return json.dumps(self.physics_dict(), sort_keys=True)
 
     def digest(self) -> str:
         """SHA-256 of the resolved configuration; identifies a run's physics."""
@@ -227,6 +266,15 @@ class RunConfig:
         """Sign of the observed particle's charge, +1 or -1."""
         return 1 if self.particles.charge > 0 else -1
 
+
+#: Keys that allow what a check would refuse. They change what is accepted, never what
+#: is computed, so they stay out of the digest: granting one to a finished run's
+#: configuration (to resume it after a check was added) keeps its identity.
+_PERMISSION_KEYS = (("turbulence", "allow_unresolved"),)
+_PERMISSIONS = {key for _, key in _PERMISSION_KEYS}
+
+#: Table of a physical-unit run's config.toml with the values derived from its inputs.
+DERIVED_TABLE = "derived"
 
 _SECTIONS = {
     "turbulence": TurbulenceConfig,
@@ -249,7 +297,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "integration": {"t_max": 300.0, "n_snapshots": 24, "precision": "mixed"},
         "ensemble": {"realisations": 16},
     },
-    # SPEC section 6: the experiment of Mertsch & Ahlers (2015).
+    # The experiment of Mertsch & Ahlers (2015).
     "paper": {
         "turbulence": {"n_modes": 256},
         "particles": {"nside": 32},
@@ -277,6 +325,10 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"{where} = {value!r}: must be an integer, got {_type_name(value)}")
         if not -(2**63) <= value < 2**63:
             raise ConfigError(f"{where} = {value!r}: must be a 64-bit integer, in [-2^63, 2^63)")
+        return value
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: must be true or false, got {_type_name(value)}")
         return value
     if expected == "str":
         if not isinstance(value, str):
@@ -343,6 +395,7 @@ def _validate(cfg: RunConfig, strict: bool = True) -> RunConfig:
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
     if strict:
         _check_steps(i)
+        check_resonance(cfg)
     else:
         ratio = i.t_max / i.dt
         _range(math.isfinite(ratio) and round(ratio) >= i.n_snapshots, "integration", "n_snapshots",
@@ -436,12 +489,22 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    merged = _merge(_merge({}, PRESETS[preset], f"preset {preset}"), overrides or {}, origin)
-    if "rl" in (overrides or {}).get("particles", {}) and any(
-        k in (overrides or {}).get("particles", {}) for k in ("energy_tev", "b0_microgauss", "lc_pc")
-    ):
-        raise ConfigError("[particles] give either rl or (energy_tev, b0_microgauss, lc_pc), not both")
+    # a run's config.toml, given as input, carries the [derived] table: recomputed, not read
+    overrides = {name: table for name, table in (overrides or {}).items() if name != DERIVED_TABLE}
+    merged = _merge(_merge({}, PRESETS[preset], f"preset {preset}"), overrides, origin)
+    given = overrides.get("particles", {})
+    both = "rl" in given and any(k in given for k in ("energy_tev", "b0_microgauss", "lc_pc"))
     merged["particles"] = _resolve_particles(merged["particles"])
+    if both:
+        # A resolved configuration (a run's config.toml) stores rl with the physical
+        # inputs: accepted when rl is the one they give, so that it can be rerun.
+        rl_given = _check_type("particles", "rl", given["rl"], "float")
+        rl = merged["particles"]["rl"]
+        if not math.isclose(rl_given, rl, rel_tol=1e-12):
+            raise ConfigError(
+                f"[particles] give either rl or (energy_tev, b0_microgauss, lc_pc), not both (rl = {rl_given!r}, "
+                f"they give r_L / L_c = {rl:.6g})"
+            )
     sections = {}
     for name, cls in _SECTIONS.items():
         kwargs = {}
@@ -468,6 +531,268 @@ def _check_slab_fraction(given: dict, turbulence: TurbulenceConfig) -> None:
             f"[turbulence] slab_fraction = {turbulence.slab_fraction!r}: used only by geometry = 'composite', "
             f"ignored by geometry = {turbulence.geometry!r}; remove the key"
         )
+
+
+# ---------------------------------------------------------------------------------
+# Physics checks: resonance (refused), run length and step size (warnings)
+# ---------------------------------------------------------------------------------
+#: ``lambda_min`` must be at most ``2 pi r_L / RESONANCE_RESOLUTION``. A particle of
+#: pitch-angle cosine ``mu`` resonates with wavelengths ``2 pi r_L |mu|`` along B0
+#: (``k_par r_L |mu| = 1``), so 10 resolves the resonances of every ``|mu| >= 0.1``
+#: (the paper preset has ``2 pi r_L / lambda_min = 63``).
+RESONANCE_RESOLUTION = 10.0
+
+#: Parallel mean free path at ``r_L = 0.1 L_c``, ``sigma2 = 1``, isotropic Kolmogorov
+#: turbulence (``L_c``): ``3 K_par / c`` with crsky's ``K_par(t Omega = 2000) =
+#: 0.5663 L_c c`` of the paper preset (docs/performance.md). The normalisation of
+#: :func:`parallel_mean_free_path`.
+LAMBDA_PAR_AT_RL_0_1 = 3 * 0.5663
+
+#: The steady state needs ``t_max >= STEADY_STATE_SCATTERING_TIMES`` estimated
+#: scattering times: Mertsch & Ahlers (2015), section 4, find the spectrum steady from
+#: ``t Omega ~ 100``, which is 5.9 scattering times at ``r_L = 0.1 L_c``.
+STEADY_STATE_SCATTERING_TIMES = 6.0
+
+#: Largest safe rotation of the velocity per step, ``sqrt(1 + sigma2) dt`` (rad): at
+#: ``sigma2 = 1``, ``Omega dt = 0.4`` (0.57 rad) changes K_par by 15 % on halving,
+#: ``Omega dt = 0.2`` (0.28 rad) by less than the errors (docs/validation.md, section 3).
+MAX_ROTATION_PER_STEP = 0.5
+
+#: Largest safe share of ``sigma2`` in modes whose phase advances by more than pi per
+#: step along the orbit (``k_n r_L dt > pi``: sampled fewer than twice per wavelength,
+#: so the integrator sees them as noise, not as a field). The paper preset has 0.8 %.
+MAX_ALIASED_POWER = 0.1
+
+
+def check_resonance(cfg: RunConfig) -> None:
+    """Refuse a spectrum that does not resolve the resonant scales of the gyration.
+
+    Required, unless ``[turbulence] allow_unresolved = true``:
+
+    - ``2 pi r_L <= lambda_max``: a gyration larger than every wavelength meets no
+      resonant mode;
+    - ``lambda_min <= 2 pi r_L / RESONANCE_RESOLUTION``: resonant wavelengths
+      ``2 pi r_L |mu|`` are resolved down to ``|mu| = 0.1``. This includes the case
+      ``2 pi r_L < lambda_min``, where no mode is resonant at all.
+
+    Raises
+    ------
+    ConfigError
+        One line naming both numbers, the bound, and the key that allows it.
+    """
+    t, rl = cfg.turbulence, cfg.particles.rl
+    if t.allow_unresolved:
+        return
+    gyration = 2 * math.pi * rl
+    allow = "or set [turbulence] allow_unresolved = true"
+    where = f"r_L / L_c = {rl:.4g}"
+    if gyration > t.lambda_max:
+        raise ConfigError(
+            f"[turbulence] lambda_max = {t.lambda_max!r}: the gyration scale 2 pi r_L = {gyration:.4g} L_c "
+            f"({where}) is larger, so no turbulent mode is resonant; raise lambda_max to >= {gyration:.4g} "
+            f"or lower r_L, {allow}"
+        )
+    bound = gyration / RESONANCE_RESOLUTION
+    if t.lambda_min > bound:
+        if t.lambda_min > gyration:
+            problem = (f"is larger than the gyration scale 2 pi r_L = {gyration:.4g} L_c ({where}): "
+                       "no turbulent mode is resonant")
+        else:
+            problem = (f"resolves the resonant wavelengths 2 pi r_L |mu| only for |mu| >= "
+                       f"{t.lambda_min / gyration:.2g} (2 pi r_L = {gyration:.4g} L_c, {where})")
+        raise ConfigError(
+            f"[turbulence] lambda_min = {t.lambda_min!r} {problem}; must be <= 2 pi r_L / "
+            f"{RESONANCE_RESOLUTION:g} = {bound:.4g}, {allow}"
+        )
+
+
+def parallel_mean_free_path(turbulence: TurbulenceConfig, rl: float) -> float | None:
+    """Quasi-linear estimate of the parallel mean free path ``lambda_par`` (``L_c``).
+
+    ``lambda_par = LAMBDA_PAR_AT_RL_0_1 (rl / 0.1)^(4 - gamma) / sigma2_res`` for
+    ``rl <= 1``: the quasi-linear scaling ``r_L^(2 - q) L_c^(q - 1)`` with ``q = gamma -
+    2`` the one-dimensional index of the inertial range (Kolmogorov ``q = 5/3``:
+    ``r_L^(1/3)``; Jokipii 1966, Casse, Lemoine & Pelletier 2002), normalised to crsky's
+    own ``K_par`` of the paper preset. Above ``rl = 1`` the resonance leaves the
+    inertial range for small-angle scattering, ``lambda_par ~ r_L^2 / L_c`` (Casse et
+    al. 2002), joined continuously. ``sigma2_res`` is the resonant part of the
+    turbulence: all of ``sigma2`` for ``isotropic`` and ``slab``, ``slab_fraction *
+    sigma2`` for ``composite``. An order-of-magnitude estimate (factor ~2 off the
+    calibration point), for warnings only.
+
+    Returns
+    -------
+    float or None
+        ``inf`` without turbulence (``sigma2 = 0``); ``None`` where quasi-linear theory
+        gives no parallel scattering (``2d``, or ``composite`` without slab modes) or
+        the spectrum has no quasi-linear inertial range (``gamma`` outside (3, 4)).
+    """
+    if turbulence.sigma2 == 0.0:
+        return math.inf
+    resonant = {"isotropic": 1.0, "slab": 1.0, "composite": turbulence.slab_fraction}.get(turbulence.geometry, 0.0)
+    if resonant == 0.0 or not 3.0 < turbulence.gamma < 4.0:
+        return None
+    exponent = 4.0 - turbulence.gamma
+    at_one = LAMBDA_PAR_AT_RL_0_1 * 10.0**exponent  # lambda_par at rl = 1, sigma2_res = 1
+    log_shape = exponent * math.log(rl) if rl <= 1.0 else 2.0 * math.log(rl)
+    if log_shape > 700.0:  # beyond float64 (rl ~ 1e152, allowed unresolved): never scatters
+        return math.inf
+    return at_one * math.exp(log_shape) / (resonant * turbulence.sigma2)
+
+
+def scattering_time(cfg: RunConfig) -> float | None:
+    """Estimated scattering time ``lambda_par / c`` as ``t Omega`` (``lambda_par / r_L``);
+    ``None`` or ``inf`` as :func:`parallel_mean_free_path`."""
+    mfp = parallel_mean_free_path(cfg.turbulence, cfg.particles.rl)
+    return None if mfp is None else mfp / cfg.particles.rl
+
+
+@dataclass(frozen=True)
+class PhysicsWarning:
+    """A configuration that runs but may not mean what it should.
+
+    Attributes
+    ----------
+    code : str
+        ``steady_state_not_reached``, ``step_rotation`` or ``step_aliasing``.
+    message : str
+        One line saying what and why, with the numbers.
+    suggested_dt : float or None
+        A step ``Omega dt`` that passes the check (step warnings only).
+    """
+
+    code: str
+    message: str
+    suggested_dt: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary (for JSON)."""
+        return dataclasses.asdict(self)
+
+
+def _round_down(x: float) -> float:
+    """``x`` rounded down to two significant digits (a step to suggest)."""
+    scale = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return round(math.floor(x / scale) * scale, 15 - math.floor(math.log10(x)))
+
+
+def physics_warnings(cfg: RunConfig) -> list[PhysicsWarning]:
+    """What is allowed but suspect in ``cfg``: a pure function of the configuration.
+
+    Checked (thresholds and reasoning in docs/design.md, Physics checks):
+
+    - ``steady_state_not_reached``: ``t_max`` below ``STEADY_STATE_SCATTERING_TIMES``
+      estimated scattering times (:func:`scattering_time`);
+    - ``step_rotation``: the velocity turns by ``sqrt(1 + sigma2) dt`` (the rms
+      ``|b|``) per step, more than ``MAX_ROTATION_PER_STEP`` rad;
+    - ``step_aliasing``: modes whose phase advances by more than pi per step along
+      the orbit (``k_n r_L dt > pi``; the fastest mode advances ``k_max r_L dt`` with
+      ``k_max = 2 pi / lambda_min``) carry more than ``MAX_ALIASED_POWER`` of
+      ``sigma2``.
+
+    A run directory's summary carries them (``summary["warnings"]``), recomputed from
+    its stored configuration.
+    """
+    import numpy as np
+
+    t, rl, i = cfg.turbulence, cfg.particles.rl, cfg.integration
+    warnings = []
+    tau = scattering_time(cfg)
+    if tau is not None and i.t_max < STEADY_STATE_SCATTERING_TIMES * tau:
+        if math.isinf(tau):
+            why = ("sigma2 = 0: without turbulence the particles never scatter" if t.sigma2 == 0.0 else
+                   f"the estimated scattering time is beyond float64 at r_L / L_c = {rl:.3g}")
+        else:
+            why = (f"t_max = {i.t_max:g} is {i.t_max / tau:.3g} estimated scattering times lambda_par / c "
+                   f"(t Omega = {tau:.3g}, lambda_par ~ {tau * rl:.3g} L_c), fewer than "
+                   f"{STEADY_STATE_SCATTERING_TIMES:g}; raise t_max to >= {STEADY_STATE_SCATTERING_TIMES * tau:.3g}")
+        warnings.append(PhysicsWarning("steady_state_not_reached", f"the steady state will not be reached: {why}"))
+    rotation = math.sqrt(1.0 + t.sigma2) * i.dt
+    if rotation > MAX_ROTATION_PER_STEP:
+        dt = _round_down(MAX_ROTATION_PER_STEP / math.sqrt(1.0 + t.sigma2))
+        warnings.append(PhysicsWarning(
+            "step_rotation",
+            f"step too large: the velocity turns by sqrt(1 + sigma2) dt = {rotation:.3g} rad per step at the rms "
+            f"field, more than {MAX_ROTATION_PER_STEP:g}; use [integration] dt <= {dt:g}", dt))
+    k, power = _mode_powers(t)
+    with np.errstate(over="ignore"):
+        phase = k * rl * i.dt
+    aliased = float(power[phase > math.pi].sum())
+    if aliased > MAX_ALIASED_POWER:
+        # resolve every mode but the fastest ones that together carry at most the bound
+        order = np.argsort(k)[::-1]
+        above = np.cumsum(power[order]) - power[order]  # power strictly faster than each mode
+        k_resolved = k[order][np.argmax(above + power[order] > MAX_ALIASED_POWER)]
+        dt = math.pi / (k_resolved * rl)
+        dt = _round_down(dt) if math.isfinite(dt) and dt > 0.0 else None
+        advice = f"use [integration] dt <= {dt:g}" if dt else "lower r_L"
+        warnings.append(PhysicsWarning(
+            "step_aliasing",
+            f"step too large for the field: the fastest mode's phase advances k_max r_L dt = "
+            f"{phase.max():.3g} rad per step, and modes advancing more than pi (sampled fewer than twice per "
+            f"wavelength) carry {aliased:.1%} of sigma2, more than {MAX_ALIASED_POWER:.0%}; {advice}", dt))
+    return warnings
+
+
+def _mode_powers(turbulence: TurbulenceConfig):
+    """Wavenumbers (``1/L_c``) and shares of ``sigma2`` of the modes, as
+    :func:`crsky.turbulence.make_modes` draws them (amplitudes do not depend on the
+    random numbers)."""
+    import numpy as np
+
+    from .turbulence import spectrum_weights, wavenumbers  # turbulence imports this module
+
+    t = turbulence
+    if t.geometry == "composite":
+        n_slab = t.n_modes // 2
+        parts = [(n_slab, 1, t.slab_fraction), (t.n_modes - n_slab, 2, 1.0 - t.slab_fraction)]
+    else:
+        parts = [(t.n_modes, {"isotropic": 3, "slab": 1, "2d": 2}[t.geometry], 1.0)]
+    ks, powers = [], []
+    for n, dimension, share in parts:
+        k = wavenumbers(t.lambda_min, t.lambda_max, n)
+        weights = spectrum_weights(k, t.gamma, dimension)
+        ks.append(k)
+        powers.append(share * weights / weights.sum())
+    return np.concatenate(ks), np.concatenate(powers)
+
+
+def physical_record(cfg: RunConfig) -> dict[str, Any] | None:
+    """The values derived from a run's physical inputs, or ``None`` for a run given
+    in code units (``rl``).
+
+    Keys (units in the names): ``rl`` (``r_L / L_c``), ``r_l_pc``, ``lc_over_c_yr``
+    (``L_c / c``), ``gyro_period_yr`` and ``gyro_period_lc_over_c`` (``2 pi r_L / c``),
+    ``t_max_yr`` and ``t_max_lc_over_c`` (the last snapshot). Years are Julian years
+    (:func:`crsky.units.lc_over_c_years`, astropy).
+    """
+    p, t_max = cfg.particles, cfg.integration.t_max
+    if p.lc_pc is None:
+        return None
+    lc_years = units.lc_over_c_years(p.lc_pc)
+    gyro = 2 * math.pi * p.rl  # 2 pi r_L / c in L_c / c
+    t_max_lc = units.time_to_lc_over_c(t_max, p.rl)
+    return {
+        "rl": p.rl,
+        "r_l_pc": p.rl * p.lc_pc,
+        "lc_over_c_yr": lc_years,
+        "gyro_period_lc_over_c": gyro,
+        "gyro_period_yr": gyro * lc_years,
+        "t_max_lc_over_c": t_max_lc,
+        "t_max_yr": t_max_lc * lc_years,
+    }
+
+
+def describe_physical(cfg: RunConfig) -> str | None:
+    """One line of :func:`physical_record` for the terminal; ``None`` in code units."""
+    d = physical_record(cfg)
+    if d is None:
+        return None
+    p = cfg.particles
+    return (f"E = {p.energy_tev:g} TeV, Z = {p.charge}, B0 = {p.b0_microgauss:g} microgauss, L_c = {p.lc_pc:g} pc: "
+            f"r_L / L_c = {d['rl']:.4g} (r_L = {d['r_l_pc']:.4g} pc); gyro period 2 pi r_L / c = "
+            f"{d['gyro_period_yr']:.4g} yr = {d['gyro_period_lc_over_c']:.4g} L_c / c; t_max = "
+            f"{cfg.integration.t_max:g} / Omega = {d['t_max_yr']:.4g} yr = {d['t_max_lc_over_c']:.4g} L_c / c")
 
 
 def load_config(path: str | Path | None = None, preset: str = "quick") -> RunConfig:
@@ -524,6 +849,7 @@ def config_from_toml_text(text: str) -> RunConfig:
     directory stays analysable after a check of new runs is tightened.
     """
     data = tomllib.loads(text)
+    data.pop(DERIVED_TABLE, None)  # recomputed from the inputs, never read
     # A resolved config carries rl and the physical keys together: drop the physical
     # keys so that rl (already resolved) is taken as it is.
     particles = data.get("particles", {})

@@ -10,7 +10,7 @@ traceback with ``crsky --debug``).
 
 from __future__ import annotations
 
-__all__ = ["InputError", "NonFiniteError"]
+__all__ = ["InputError", "NonFiniteError", "StorageError"]
 
 
 class InputError(ValueError):
@@ -21,3 +21,11 @@ class NonFiniteError(RuntimeError):
     """A realisation produced a non-finite field, position or momentum; the message
     names the realisation, what is non-finite and the likely cause. Nothing of that
     realisation is written."""
+
+
+class StorageError(Exception):
+    """A write failed (disk full, read-only or unwritable, file too large).
+
+    Not bad input and not a bug: the command line reports it in one line with exit
+    code 1. The message names the path and, for a full disk, the space needed.
+    """

@@ -1,10 +1,10 @@
-"""One realisation: HEALPix directions -> snapshots of ``x(-T)`` and ``p(-T)``
-(SPEC section 3).
+"""One realisation: HEALPix directions -> snapshots of ``x(-T)`` and ``p(-T)``.
 
 A cosmic ray observed at the origin at ``t = 0`` with momentum direction ``p`` is
 traced back in time. Backtracking a charge ``q`` is forward integration of charge
 ``-q`` from the origin with initial velocity ``-p``; the momentum direction at
-``t = -T`` is minus the traced velocity at ``tau = Omega T``.
+``t = -T`` is minus the traced velocity at ``tau = Omega T`` (docs/conventions.md).
+:func:`backtrack_many` is the one place that reversal is made.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import healpy as hp
 import numpy as np
 
-from .backends import get_backend
+from .backends import Backend, get_backend
 from .config import RunConfig
 from .errors import NonFiniteError
 from .turbulence import make_modes
@@ -25,6 +25,7 @@ __all__ = [
     "snapshot_schedule",
     "trace",
     "backtrack",
+    "backtrack_many",
     "Realisation",
     "simulate_realisation",
     "simulate_realisations",
@@ -104,11 +105,11 @@ def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend=
         Strictly increasing step counts to record.
     sign : int
         Charge sign of the traced particle.
-    backend : str
-        ``cpu``, ``cuda`` or ``auto``.
+    backend : str or crsky.backends.Backend
+        ``cpu``, ``cuda`` or ``auto`` (with ``precision``), or a backend object.
     precision : {"float64", "mixed"}
         Field evaluation, on either backend. ``mixed`` is the fast path; its
-        algorithm differs between backends (:mod:`crsky.backends.cpu`,
+        algorithm differs between backends (:mod:`crsky.backends.cpu_mixed`,
         :mod:`crsky.backends.cuda`), both with a field error below 1e-6 of the rms
         field.
 
@@ -116,15 +117,50 @@ def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend=
     -------
     positions, velocities : numpy.ndarray, shape (m, n, 3)
     """
-    steps = np.asarray(snapshot_steps, dtype=np.int64)
-    if steps.ndim != 1 or len(steps) == 0 or steps[0] < 0 or np.any(np.diff(steps) <= 0):
-        raise ValueError("snapshot_steps must be a non-empty, strictly increasing sequence of steps >= 0")
-    driver = get_backend(backend)
-    return driver.trace(positions, velocities, modes, float(sign), dt, rl, steps, precision=precision)
+    return _backend(backend, precision).trace(positions, velocities, modes, sign=float(sign), dt=dt, rl=rl,
+                                              snapshot_steps=snapshot_steps)
+
+
+def _backend(backend, precision: str) -> Backend:
+    return backend if isinstance(backend, Backend) else get_backend(backend, precision)
+
+
+def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64"):
+    """Backtrack cosmic rays observed at the origin with momentum ``directions``
+    through each of ``R`` field realisations (one call of the backend's
+    ``trace_many``).
+
+    Parameters
+    ----------
+    directions : array_like, shape (n, 3)
+        Observed momentum directions (unit vectors).
+    modes : numpy.ndarray, shape (R, 7, N)
+        Field realisations.
+    rl, dt, snapshot_steps, backend, precision
+        As in :func:`trace`.
+    charge_sign : int
+        Sign of the observed cosmic ray's charge.
+
+    Returns
+    -------
+    x : numpy.ndarray, shape (R, m, n, 3)
+        Positions ``x(-T_j)`` in ``L_c``.
+    p : numpy.ndarray, shape (R, m, n, 3)
+        Momentum directions ``p(-T_j)`` (unit vectors).
+    """
+    directions = np.asarray(directions, dtype=np.float64)
+    modes = np.asarray(modes, dtype=np.float64)
+    shape = (len(modes), *directions.shape)
+    # Backtracking: the opposite charge from the origin with velocity -p, forward in time.
+    x, u = _backend(backend, precision).trace_many(
+        np.zeros(shape), np.broadcast_to(-directions, shape), modes, sign=-float(charge_sign), dt=dt, rl=rl,
+        snapshot_steps=snapshot_steps,
+    )
+    return x, -u
 
 
 def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64"):
-    """Backtrack cosmic rays observed at the origin with momentum ``directions``.
+    """:func:`backtrack_many` through one realisation ``modes`` (7, N).
 
     Returns
     -------
@@ -133,11 +169,9 @@ def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend=
     p : numpy.ndarray, shape (m, n, 3)
         Momentum directions ``p(-T_j)`` (unit vectors).
     """
-    directions = np.asarray(directions, dtype=np.float64)
-    origin = np.zeros_like(directions)
-    x, u = trace(origin, -directions, modes, rl, dt, snapshot_steps, sign=-charge_sign, backend=backend,
-                 precision=precision)
-    return x, -u
+    x, p = backtrack_many(directions, np.asarray(modes)[None], rl, dt, snapshot_steps, charge_sign=charge_sign,
+                          backend=backend, precision=precision)
+    return x[0], p[0]
 
 
 @dataclass(frozen=True)
@@ -169,7 +203,7 @@ class Realisation:
 
 
 def simulate_realisation(config: RunConfig, index: int, backend: str = "cpu") -> Realisation:
-    """Backtrack all pixels of realisation ``index`` of a run (SPEC section 3)."""
+    """Backtrack all pixels of realisation ``index`` of a run."""
     return simulate_realisations(config, [index], backend)[0]
 
 
@@ -182,17 +216,17 @@ def batch_size(config: RunConfig, backend: str) -> int:
 
 
 def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> list[Realisation]:
-    """Backtrack several realisations; on the CUDA backend in one launch.
+    """Backtrack several realisations in one call of the backend (on the CUDA backend,
+    one launch).
 
-    The result of each realisation does not depend on which others share its launch.
+    The result of each realisation does not depend on which others share its call.
+    ``seconds`` of each is the wall time of the call divided by their number.
     """
-    from .backends import get_backend, resolve_backend
-
-    backend = resolve_backend(backend)
+    driver = get_backend(backend, config.integration.precision)
     integ = config.integration
     steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
     directions = pixel_directions(config.particles.nside)
-    modes = [make_modes(config.turbulence, config.ensemble.seed, j) for j in indices]
+    modes = np.stack([make_modes(config.turbulence, config.ensemble.seed, j) for j in indices])
     for j, m in zip(indices, modes):
         if not np.isfinite(m).all():
             raise NonFiniteError(
@@ -201,23 +235,11 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
                 f"gamma = {config.turbulence.gamma!r}, lambda_min = {config.turbulence.lambda_min!r}, "
                 f"lambda_max = {config.turbulence.lambda_max!r}"
             )
-    sign = -config.charge_sign  # backtracking: the opposite charge, forward in time
     start = time.perf_counter()
-    if backend == "cuda":
-        n = len(indices)
-        x, u = get_backend("cuda").trace_many(
-            np.zeros((n, *directions.shape)), np.broadcast_to(-directions, (n, *directions.shape)),
-            np.stack(modes), sign, integ.dt, config.particles.rl, steps, precision=integ.precision,
-        )
-        seconds = (time.perf_counter() - start) / n
-        out = [Realisation(j, times, x[k], -u[k], seconds, backend) for k, j in enumerate(indices)]
-    else:
-        out = []
-        for j, m in zip(indices, modes):
-            start = time.perf_counter()
-            x, p = backtrack(directions, m, config.particles.rl, integ.dt, steps,
-                             charge_sign=config.charge_sign, backend=backend, precision=integ.precision)
-            out.append(Realisation(j, times, x, p, time.perf_counter() - start, backend))
+    x, p = backtrack_many(directions, modes, config.particles.rl, integ.dt, steps,
+                          charge_sign=config.charge_sign, backend=driver)
+    seconds = (time.perf_counter() - start) / max(len(indices), 1)
+    out = [Realisation(j, times, x[k], p[k], seconds, driver.name) for k, j in enumerate(indices)]
     for result in out:
         check_finite(result, config)
     return out

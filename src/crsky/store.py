@@ -1,32 +1,57 @@
-"""The run directory: atomic per-realisation files, a manifest, resume.
+"""The run directory: atomic per-realisation files, a manifest, a lock, verified reads.
 
 Layout::
 
     RUN_DIR/
       config.toml              the resolved configuration (code units)
       manifest.json            provenance and the record of completed realisations
+      crsky.lock               the run's lock file (who holds or last held it)
       realisations/r000000.nc  one netCDF4 (HDF5) file per realisation, xarray-readable
+      analysis.nc, summary.json, figures/   written by ``crsky analyze`` / ``crsky plot``
 
-A realisation file is written under a temporary name in the same directory and
-renamed into place (``os.replace``) only once complete and flushed to disk, so a file
-under its final name is never half-written. The driver alone writes the manifest
-(again through a temporary file and a rename). On resume every recorded realisation
-is checked against its size and SHA-256; one that fails (truncated, corrupted,
-missing) is recomputed. A complete file that the manifest does not list yet (the
-driver was killed between the worker's rename and its own record) is adopted after
-its contents are checked.
+Every file is first serialised in memory, then written under a temporary name in its
+directory, flushed, given the umask's permissions and renamed into place
+(:func:`atomic_write_bytes`), so a file under its final name is never half-written and
+a failed write (full disk, read-only file system, file size limit) is a Python
+:class:`OSError`, reported as :class:`StorageError`, never a crash inside HDF5.
+
+The driver alone writes the manifest. A run directory is guarded by an OS file lock
+(:meth:`RunStore.lock`): one writer (``crsky run``) or any number of readers
+(``crsky analyze``, ``crsky plot``); the OS releases it when its process ends, so a
+killed run never leaves a stale lock. Temporary files are removed on start-up only
+while the exclusive lock proves that no other crsky process can be writing them.
+
+Every read of a realisation (:meth:`RunStore.read_realisation`,
+:meth:`RunStore.iter_realisations`) checks the file against its manifest record
+(a regular file, size, SHA-256 of exactly the bytes that are parsed) and its
+attributes against the run (configuration digest, realisation index); a damaged,
+foreign, symlinked or missing file is refused with the fix. On resume such a file is
+moved aside (``*.bad-*``) and recomputed. A complete file that the manifest does not
+list yet (the driver was killed between the worker's rename and its own record) is
+adopted only if its attributes name this configuration and index and the SHA-256 of
+its arrays matches the digest stored inside it (``data_sha256``).
+
+See docs/rundir.md for what a run directory guarantees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
+import re
 import shutil
+import stat
+import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,35 +59,48 @@ import xarray as xr
 
 from . import __version__
 from .config import ConfigError, RunConfig, config_from_toml_text
-from .errors import InputError
+from .errors import InputError, StorageError
 
-__all__ = ["RunDirError", "RunStore", "realisation_dataset", "atomic_write_bytes"]
+__all__ = [
+    "RunDirError", "RunLockedError", "RealisationError", "StorageError", "RunStore",
+    "realisation_dataset", "atomic_write_bytes", "atomic_write_netcdf", "new_analysis_id",
+    "ANALYSIS_ID",
+]
 
 MANIFEST = "manifest.json"
 CONFIG = "config.toml"
 REALISATIONS = "realisations"
+LOCK = "crsky.lock"
+ANALYSIS = "analysis.nc"
+SUMMARY = "summary.json"
+FIGURES = "figures"
+#: Attribute of ``analysis.nc`` and key of ``summary.json`` that ties the pair together.
+ANALYSIS_ID = "analysis_id"
 _FORMAT = 1
+
+# Names of what crsky writes, so that --force and start-up clean-up touch nothing else.
+_TOP_FILES = (CONFIG, MANIFEST, ANALYSIS, SUMMARY)
+_TOP_TEMP = re.compile(r"^(config\.toml|manifest\.json|analysis\.nc|summary\.json)\.[^/]+\.tmp$")
+_REALISATION = re.compile(r"^r(\d{6})\.nc$")
+_REALISATION_OWN = re.compile(r"^r\d{6}\.nc(\.bad-[0-9A-Za-z-]+|\.[^/]+\.tmp)?$")
+_FIGURE = re.compile(
+    r"^(fig2_spectrum_evolution|fig3_spectrum_shape|skymaps_\w+|diffusion_coefficients|observed_comparison)"
+    r"\.(png|pdf|svg|eps|ps)$")
+_FIGURE_TEMP = re.compile(r"^\.[\w.-]+\.\d+\.[0-9a-f]{12}\.tmp$")
+# The marker matplotlib writes from crsky's figure metadata (plots.save_figure).
+_FIGURE_MARKERS = {"png": b"Software\x00crsky", "pdf": b"/Creator (crsky)"}
 
 
 class RunDirError(InputError):
-    """The run directory cannot be used as asked (other config, not a run, unwritable)."""
+    """The run directory cannot be used as asked (other config, not a run, locked, damaged)."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+class RunLockedError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+class RealisationError(RunDirError):
+    """A realisation file is missing, damaged, foreign or not a regular file."""
 
 
 def _default_mode() -> int:
@@ -72,12 +110,155 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def _mib(n: int) -> str:
+    """A size for people: KiB below 1 MiB, else MiB."""
+    return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def storage_error(exc: OSError, path, needed: int | None = None) -> StorageError:
+    """One-line :class:`StorageError` for a failed write of ``path`` (``needed`` bytes)."""
+    path = Path(path)
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        need = f"needs {_mib(needed)}" if needed is not None else "needs more space"
+        have = f", {_mib(free)} free" if free is not None else ""
+        return StorageError(f"cannot write {path}: {reason} ({need}{have}); free some space and run again")
+    if exc.errno == errno.EFBIG:
+        size = f" of {_mib(needed)}" if needed is not None else ""
+        return StorageError(f"cannot write {path}: {reason} (a file{size} exceeds the file size limit, "
+                            "see `ulimit -f`)")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {path}: {reason} (write the output elsewhere)")
+    return StorageError(f"cannot write {path}: {reason}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every file system allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path, data, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, with the umask's permissions.
+
+    The bytes go to a temporary file ``<name>.<random>.tmp`` in the same directory,
+    which is flushed to disk, given the permissions a new file gets under the umask
+    and renamed into place; on any failure the temporary file is removed.
+
+    Parameters
+    ----------
+    path : path
+        Final file name.
+    data : bytes-like
+        The complete contents.
+    overwrite : bool
+        ``False``: never replace an existing ``path`` (a hard link, which fails if the
+        name exists); raises :class:`FileExistsError` then.
+
+    Raises
+    ------
+    StorageError
+        Any :class:`OSError` of the write (no space, read-only, permission, file too
+        large), naming ``path`` and, for a full disk, the space needed.
+    FileExistsError
+        ``overwrite=False`` and ``path`` exists.
+    """
+    path = Path(path)
+    data = memoryview(data).cast("B")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path, data.nbytes) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            written = 0
+            while written < data.nbytes:  # os.write: a failure is an OSError, never a crash
+                written += os.write(fh.fileno(), data[written:])
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_into_place(tmp, path)
+        _fsync_dir(path.parent)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, path, data.nbytes) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _link_into_place(tmp: str, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists (then FileExistsError)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails rather than overwrite
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
+
+
+def netcdf_bytes(ds: xr.Dataset) -> memoryview:
+    """``ds`` serialised as netCDF4 (HDF5, engine h5netcdf) in memory."""
+    import dask
+
+    # In a dask.distributed worker xarray would guard the write with a cluster-wide
+    # lock named after the target, which an in-memory target does not have; the
+    # arrays are in memory, so the synchronous scheduler is exact and enough.
+    with dask.config.set(scheduler="synchronous"):
+        return ds.to_netcdf(engine="h5netcdf")
+
+
+def atomic_write_netcdf(ds: xr.Dataset, path, *, overwrite: bool = True) -> dict:
+    """Write ``ds`` as a netCDF4 file atomically; the one netCDF writer of crsky.
+
+    The file is serialised in memory first and then written with
+    :func:`atomic_write_bytes`: HDF5 never writes to the disk itself, so a full disk
+    or a file size limit is a one-line :class:`StorageError`, not a crash inside
+    HDF5, and the file gets the umask's permissions.
+
+    Returns
+    -------
+    dict
+        ``{"bytes": size, "sha256": hex digest}`` of the file written.
+    """
+    data = netcdf_bytes(ds)
+    atomic_write_bytes(path, data, overwrite=overwrite)
+    return {"bytes": data.nbytes, "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _data_sha256(ds: xr.Dataset) -> str:
+    """SHA-256 of a realisation's arrays (t_omega, x, p as little-endian bytes)."""
+    digest = hashlib.sha256()
+    for name in ("t_omega", "x", "p"):
+        a = np.asarray(ds[name].values)
+        digest.update(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+def new_analysis_id() -> str:
+    """A fresh identifier for one analysis (``analysis.nc`` attribute and ``summary.json`` key)."""
+    return uuid.uuid4().hex
 
 
 def realisation_dataset(config: RunConfig, index: int, t_omega, x, p, attrs: dict | None = None) -> xr.Dataset:
@@ -112,87 +293,435 @@ def realisation_dataset(config: RunConfig, index: int, t_omega, x, p, attrs: dic
     return ds
 
 
+# ---------------------------------------------------------------------------------
+# The lock
+# ---------------------------------------------------------------------------------
+class _Held:
+    """One OS lock held by this process (re-entrant across RunStore objects)."""
+
+    def __init__(self, fd: int | None, exclusive: bool):
+        self.fd, self.exclusive, self.count = fd, exclusive, 1
+
+
+_HELD: dict[str, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _holder_record(exclusive: bool) -> dict:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("cli.py", "__main__.py"):  # python -m crsky.cli
+        program = "crsky"
+    return {"pid": os.getpid(), "host": platform.node(), "mode": "write" if exclusive else "read",
+            "since": _now(), "command": " ".join([program, *sys.argv[1:]])[:300]}
+
+
+def _read_holders(lock_path: Path) -> list[dict]:
+    try:
+        lines = lock_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("pid"), int):
+                holders.append(record)
+    return holders
+
+
+def _alive(record: dict) -> bool:
+    """Whether the process of a holder record may still run (unknowable on another host)."""
+    if record.get("host") != platform.node():
+        return True
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(record: dict) -> str:
+    return (f"pid {record['pid']} on host {record.get('host', '?')} since {record.get('since', '?')} "
+            f"(`{record.get('command', '?')}`)")
+
+
 class RunStore:
     """A run directory on disk.
 
-    Use :meth:`open` to create or resume one; the constructor does no I/O.
+    Use :meth:`open` to create or resume one (the writer) and :meth:`existing` to read
+    one; the constructor does no I/O. Hold :meth:`lock` around a whole command.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        #: Files --force found in the directory, did not write and therefore kept.
+        self.foreign_files: list[str] = []
+
+    # -- the lock ------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = True, create_dir: bool = False, clean: bool = False):
+        """Hold the run directory's OS lock (``fcntl.flock`` on ``crsky.lock``).
+
+        ``exclusive=True`` (``crsky run``): no other crsky process may use the
+        directory. ``exclusive=False`` (``crsky analyze``, ``crsky plot``): readers share the lock,
+        a writer excludes them. The lock file records who holds it (pid, host,
+        command), so that a refusal names the holder. The OS releases the lock when
+        the process ends, however it ends. Re-entrant within a process.
+
+        On a directory where the lock file cannot be created (a read-only, archived
+        run), a shared lock uses an existing lock file read-only, or reads without a
+        lock: no crsky writer can be active where no lock file could be made.
+
+        Parameters
+        ----------
+        exclusive : bool
+            Writer (``True``) or reader (``False``).
+        clean : bool
+            Remove crsky's abandoned temporary files once the lock proves them
+            abandoned: the exclusive lock, or (reader) a momentary exclusive lock
+            before sharing; only for a process that holds the lock for a whole
+            command, since library callers may write without it.
+        create_dir : bool
+            Create the directory if missing (writer). A lock file created here is
+            removed again on exit unless the directory then holds a crsky run, and a
+            directory created here if it is then empty, so a refused start leaves no
+            trace.
+
+        Raises
+        ------
+        RunLockedError
+            Another process holds the lock (the message names it).
+        RunDirError
+            The directory is missing, not a crsky run and not empty, or cannot hold a
+            lock for writing (read-only).
+        """
+        key = os.path.realpath(self.path)
+        with _HELD_GUARD:
+            held = _HELD.get(key)
+            if held is not None:
+                if exclusive and not held.exclusive:
+                    raise RunDirError(f"run directory {self.path} is open for reading in this process; "
+                                      "cannot write it at the same time")
+                held.count += 1
+        if held is not None:
+            try:
+                yield self
+            finally:
+                with _HELD_GUARD:
+                    held.count -= 1
+            return
+        created_dir, created_lock, fd = self._acquire(exclusive, create_dir, clean)
+        held = _Held(fd, exclusive)
+        with _HELD_GUARD:
+            _HELD[key] = held
+        try:
+            yield self
+        finally:
+            with _HELD_GUARD:
+                del _HELD[key]
+            self._release(fd, created_dir, created_lock)
+
+    def holds_lock(self, exclusive: bool = True) -> bool:
+        """Whether this process holds the directory's lock (exclusively, if asked)."""
+        held = _HELD.get(os.path.realpath(self.path))
+        return held is not None and (held.exclusive or not exclusive)
+
+    def _acquire(self, exclusive: bool, create_dir: bool, clean: bool):
+        p = self.path
+        lock_path = p / LOCK
+        created_dir = False
+        if not p.exists():
+            if not create_dir:
+                raise RunDirError(f"run directory {p} does not exist")
+            missing = p
+            while not missing.parent.exists():
+                missing = missing.parent
+            try:
+                p.mkdir(parents=True)
+            except OSError as exc:
+                raise RunDirError(f"cannot write run directory {p}: {exc.strerror or exc}") from None
+            created_dir = missing
+        elif not p.is_dir():
+            raise RunDirError(f"output {p} exists and is not a directory")
+        elif (exclusive and not os.path.lexists(lock_path) and not (p / CONFIG).exists()
+              and not (p / MANIFEST).exists() and _entries(p)):
+            raise RunDirError(
+                f"output {p} exists, is not empty and is not a crsky run directory (no config.toml); "
+                "crsky writes nothing there, not even with --force: choose another --out")
+        for _attempt in range(10):
+            created_lock = not lock_path.exists()
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+            except OSError as exc:
+                if exclusive:
+                    raise RunDirError(
+                        f"run directory {p} cannot be written ({exc.strerror} creating {LOCK}); a read-only "
+                        "run can be analysed (`crsky analyze RUN --out DIR`) but not resumed: copy it to a "
+                        "writable place first") from None
+                try:  # a read-only (archived) run: an existing lock file still excludes writers
+                    fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return created_dir, False, None  # no lock file: no crsky writer can be active
+                created_lock = False
+            try:
+                if clean and not exclusive:
+                    try:  # alone for a moment? then every temporary file is abandoned
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        self._clean_temporaries()
+                    except BlockingIOError:
+                        pass
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._locked_error(exclusive) from None
+            # The file we locked must still be the one under the name (not unlinked meanwhile).
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:  # pragma: no cover - only under a pathological race
+            raise RunDirError(f"cannot lock run directory {p}: {LOCK} keeps changing")
+        record = _holder_record(exclusive)
+        with contextlib.suppress(OSError):
+            if exclusive:
+                os.ftruncate(fd, 0)  # alone: the previous holders are gone
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        if exclusive and clean:
+            self._clean_temporaries()
+        return created_dir, created_lock, fd
+
+    def _locked_error(self, exclusive: bool) -> RunLockedError:
+        holders = _read_holders(self.path / LOCK)
+        # An exclusive holder truncates the file: the records after the last writer's
+        # are readers that came after it (so that writer is gone); none: it still writes.
+        last_writer = max((i for i, h in enumerate(holders) if h.get("mode") == "write"), default=None)
+        if last_writer is not None:
+            holders = holders[last_writer + 1:] or holders[last_writer:]
+        current = [h for h in holders if _alive(h) and h["pid"] != os.getpid()] or holders
+        writers = [h for h in current if h.get("mode") == "write"]
+        if not exclusive and writers:
+            return RunLockedError(
+                f"run directory {self.path} is being written by {_describe(writers[-1])}; wait for it to "
+                "finish (or analyse a copy of the directory)")
+        if current:
+            names = "; ".join(_describe(h) for h in current[-3:])
+            return RunLockedError(f"run directory {self.path} is in use by {names}; wait for it to finish")
+        return RunLockedError(f"run directory {self.path} is locked by another crsky process; wait for it "
+                              "to finish")
+
+    def _release(self, fd: int | None, created_dir, created_lock: bool) -> None:
+        # Leave no trace of a refused start: a lock file made here goes unless the
+        # directory now holds a crsky run; it goes while still locked, and every
+        # locker checks after locking that its file is still the one under the name.
+        if fd is not None and created_lock and self._not_a_run_reason() is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path / LOCK)
+        if fd is not None:
+            os.close(fd)  # releases the lock
+        if created_dir:
+            with contextlib.suppress(OSError):  # only empty directories, innermost first
+                d = self.path
+                while True:
+                    d.rmdir()
+                    if d == created_dir:
+                        break
+                    d = d.parent
 
     # -- creation and resume -------------------------------------------------
     @classmethod
     def open(cls, path, config: RunConfig, force: bool = False) -> "RunStore":
-        """Create ``path`` for ``config``, or resume the run it holds.
+        """Create ``path`` for ``config``, or resume the run it holds (the writer).
+
+        Takes the exclusive lock for its own work (re-entrant: hold :meth:`lock` around
+        the whole run to keep other processes out until it ends).
+
+        Parameters
+        ----------
+        path : path
+            Run directory: missing, empty, or a crsky run.
+        config : RunConfig
+            The configuration to run.
+        force : bool
+            Start over: on a crsky run (``manifest.json`` of this format whose
+            ``config_sha256`` is the digest of ``config.toml``) remove exactly the files
+            crsky wrote there (:meth:`remove_own_files`); files crsky did not write
+            are kept and listed in :attr:`foreign_files`. Anything else is refused.
 
         Raises
         ------
         RunDirError
-            If ``path`` holds a run of another configuration (unless ``force``, which
-            deletes its results and starts over), is not a crsky run directory, or
-            cannot be written.
+            ``path`` holds a run of another configuration (without ``force``), is not a
+            crsky run and not empty, holds an invalid manifest, is locked by another
+            process, or cannot be written.
+        StorageError
+            A write failed (full disk, ...).
         """
         store = cls(path)
         p = store.path
         if p.exists() and not p.is_dir():
             raise RunDirError(f"output {p} exists and is not a directory")
-        if p.exists() and force:
-            for name in (MANIFEST, CONFIG):
-                with contextlib.suppress(FileNotFoundError):
-                    (p / name).unlink()
-            shutil.rmtree(p / REALISATIONS, ignore_errors=True)
-        if p.exists() and (p / CONFIG).exists():
-            stored = store.config()
-            if stored.digest() != config.digest():
-                diff = _config_difference(stored, config)
+        if force and p.is_dir() and _entries(p):
+            reason = store._not_a_run_reason()
+            if reason:
                 raise RunDirError(
-                    f"run directory {p} holds a run of a different configuration ({diff}); "
-                    "use another --out, or --force to delete it and start over"
-                )
-        elif p.exists() and any(p.iterdir()):
-            raise RunDirError(
-                f"output {p} exists, is not empty and is not a crsky run directory "
-                "(no config.toml); choose another --out"
-            )
-        try:
-            (p / REALISATIONS).mkdir(parents=True, exist_ok=True)
+                    f"--force refused: {p} is not a crsky run directory ({reason}); --force deletes only "
+                    "runs crsky wrote. Choose another --out (or move the directory aside yourself)")
+        with store.lock(exclusive=True, create_dir=True):
+            if force and _entries(p):
+                reason = store._not_a_run_reason()  # again, now that nobody else can write
+                if reason:
+                    raise RunDirError(f"--force refused: {p} is not a crsky run directory ({reason})")
+                store.foreign_files = store.remove_own_files()
+            elif not (p / CONFIG).exists() and _entries(p):
+                raise RunDirError(
+                    f"output {p} exists, is not empty and is not a crsky run directory "
+                    "(no config.toml); choose another --out")
+            if (p / CONFIG).exists():
+                stored = store.config()
+                if stored.digest() != config.digest():
+                    diff = _config_difference(stored, config)
+                    raise RunDirError(
+                        f"run directory {p} holds a run of a different configuration ({diff}); "
+                        "use another --out, or --force to delete that run and start over")
+            if os.path.lexists(p / MANIFEST):  # a damaged manifest is refused, never overwritten
+                recorded = store.manifest()["config_sha256"]
+                if recorded != config.digest():
+                    raise RunDirError(f"{p / MANIFEST} belongs to another configuration than {p / CONFIG}; "
+                                      "the run directory has been edited: restore the original files")
+            # config.toml first: a start killed at any point leaves either nothing but
+            # the lock file, or a config.toml that the next start resumes from.
             if not (p / CONFIG).exists():
                 atomic_write_bytes(p / CONFIG, config.to_toml().encode())
             if not (p / MANIFEST).exists():
+                # New run, or a manifest moved aside: realisation files that prove
+                # themselves (see _reconcile) are adopted into the new record.
                 store._write_manifest(
                     {"format": _FORMAT, "crsky_version": __version__, "config_sha256": config.digest(),
                      "created": _now(), "realisations": {}, "sessions": []}
                 )
-        except OSError as exc:
-            raise RunDirError(f"cannot write run directory {p}: {exc.strerror or exc}") from None
-        store._clean_temporaries()
-        store._reconcile(config)
+            try:
+                (p / REALISATIONS).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, p / REALISATIONS) from None
+            store._clean_temporaries()  # abandoned: we hold the exclusive lock
+            store._reconcile(config)
         return store
 
     @classmethod
     def existing(cls, path) -> "RunStore":
-        """Open a run directory for reading; it must exist and hold a run."""
+        """Open a run directory for reading; it must hold a valid crsky run.
+
+        Raises
+        ------
+        RunDirError
+            Missing directory, no or invalid ``config.toml`` / ``manifest.json``, or a
+            manifest of another configuration.
+        """
         store = cls(path)
         if not store.path.is_dir():
             raise RunDirError(f"run directory {store.path} does not exist")
         if not (store.path / CONFIG).exists() or not (store.path / MANIFEST).exists():
             raise RunDirError(f"{store.path} is not a crsky run directory (no config.toml / manifest.json)")
+        manifest = store.manifest()
+        digest = store.config().digest()
+        if manifest["config_sha256"] != digest:
+            raise RunDirError(
+                f"{store.path / MANIFEST} belongs to another configuration than {store.path / CONFIG} "
+                f"(config_sha256 {manifest['config_sha256'][:12]}..., config.toml {digest[:12]}...); "
+                "the run directory has been edited: restore the original config.toml")
         return store
+
+    def _not_a_run_reason(self) -> str | None:
+        """Why the directory is not provably a crsky run, or ``None`` if it is."""
+        if not (self.path / MANIFEST).is_file():
+            return "no manifest.json"
+        if not (self.path / CONFIG).is_file():
+            return "no config.toml"
+        try:
+            manifest = self.manifest()
+            digest = self.config().digest()
+        except RunDirError:
+            return "invalid config.toml or manifest.json"
+        if manifest["config_sha256"] != digest:
+            return "manifest.json does not belong to config.toml"
+        return None
+
+    def remove_own_files(self) -> list[str]:
+        """Remove what crsky wrote here; return (sorted, relative) what it did not write.
+
+        Removed: ``config.toml``, ``manifest.json``, ``analysis.nc``, ``summary.json``
+        and their temporary files; in ``realisations/`` the realisation files
+        ``rNNNNNN.nc``, their quarantined ``.bad-*`` copies and temporary files; in
+        ``figures/`` the figures crsky names and marks (PNG ``Software: crsky``, PDF
+        ``Creator (crsky)``) and their temporary files; then the two sub-directories
+        if empty. The lock file stays (it is held). Call with the exclusive lock held.
+        """
+        if not self.holds_lock(exclusive=True):
+            raise RuntimeError("remove_own_files needs the exclusive lock")
+        p = self.path
+        kept = []
+        for entry in sorted(p.iterdir()):
+            name = entry.name
+            if name in _TOP_FILES or _TOP_TEMP.match(name):
+                _unlink_file(entry) or kept.append(name)
+            elif name == LOCK:
+                continue
+            elif name in (REALISATIONS, FIGURES) and entry.is_dir() and not entry.is_symlink():
+                for sub in sorted(entry.iterdir()):
+                    own = (_REALISATION_OWN.match(sub.name) if name == REALISATIONS
+                           else _FIGURE_TEMP.match(sub.name) or _is_crsky_figure(sub))
+                    if not (own and _unlink_file(sub)):
+                        kept.append(f"{name}/{sub.name}")
+                with contextlib.suppress(OSError):
+                    entry.rmdir()
+            else:
+                kept.append(name)
+        return kept
 
     # -- metadata ------------------------------------------------------------
     def config(self) -> RunConfig:
         """The resolved configuration stored in the run directory."""
+        path = self.path / CONFIG
         try:
-            return config_from_toml_text((self.path / CONFIG).read_text())
-        except (ConfigError, ValueError) as exc:
-            raise RunDirError(f"{self.path / CONFIG} is not a valid crsky configuration: {exc}") from None
+            return config_from_toml_text(path.read_text())
+        except (ConfigError, ValueError) as exc:  # tomllib and UnicodeDecodeError are ValueErrors
+            raise RunDirError(f"{path} is not a valid crsky configuration: {str(exc).splitlines()[0]}") from None
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def manifest(self) -> dict:
+        """The manifest, validated (format, configuration digest, realisation records).
+
+        Raises
+        ------
+        RunDirError
+            Unreadable, not JSON, or not a crsky manifest; the message names the file,
+            the problem and the fix.
+        """
+        path = self.path / MANIFEST
         try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"cannot read {self.path / MANIFEST}: {exc}") from None
+            manifest = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing: run `crsky run CONFIG --out {self.path}` again with this "
+                              "run's configuration to rebuild it from the realisation files") from None
+        except OSError as exc:
+            raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            problem = f"not valid JSON ({str(exc).splitlines()[0][:80]})"
+            manifest = None
+        else:
+            problem = _manifest_problem(manifest)
+        if problem:
+            raise RunDirError(
+                f"{path} is not a valid crsky manifest: {problem}; move it aside (e.g. `mv {path} {path}.broken`) "
+                f"and run `crsky run CONFIG --out {self.path}` with this run's configuration to rebuild it from "
+                "the realisation files that verify")
+        return manifest
 
     def _write_manifest(self, manifest: dict) -> None:
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -212,44 +741,42 @@ class RunStore:
     def write_realisation(self, ds: xr.Dataset, index: int) -> dict:
         """Write one realisation atomically; return its record for the manifest.
 
-        Safe to call from worker processes: it touches only its own file. The file
-        appears under its final name only complete (``os.link`` of a flushed
-        temporary file, which never replaces an existing file). If a complete file is
-        already there (an earlier attempt of the same task, e.g. on a worker that died
-        before reporting) its record is returned and nothing is overwritten.
+        Safe to call from worker processes: it touches only its own file. The file is
+        serialised in memory (with the SHA-256 of its arrays as ``data_sha256``) and
+        appears under its final name only complete (a hard link of a flushed temporary
+        file, which never replaces an existing file). If a complete file is already
+        there (an earlier attempt of the same task, e.g. on a worker that died before
+        reporting) its record is returned and nothing is overwritten.
+
+        Raises
+        ------
+        StorageError
+            The write failed (full disk, ...); nothing is left under the final name.
+        RunDirError
+            Something that is not this complete realisation is under the final name.
         """
         final = self.realisation_path(index)
         existing = self.complete_record(index, ds.attrs.get("config_sha256"))
         if existing is not None:
             return existing
-        if final.exists():
+        if os.path.lexists(final):
             raise RunDirError(f"{final} already exists and is not a complete realisation; refusing to overwrite it")
-        fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
-        os.close(fd)
+        ds = ds.assign_attrs(data_sha256=_data_sha256(ds))
         try:
-            ds.to_netcdf(tmp, engine="h5netcdf")
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp, _default_mode())
-            try:
-                os.link(tmp, final)  # atomic, and fails rather than overwrite
-            except FileExistsError:
-                existing = self.complete_record(index, ds.attrs.get("config_sha256"))
-                if existing is None:
-                    raise RunDirError(f"{final} appeared meanwhile and is not complete; refusing to overwrite it") from None
-                return existing
-            except OSError:  # file systems without hard links
-                os.replace(tmp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return self._file_record(final)
+            written = atomic_write_netcdf(ds, final, overwrite=False)
+        except FileExistsError:
+            existing = self.complete_record(index, ds.attrs.get("config_sha256"))
+            if existing is None:
+                raise RunDirError(f"{final} appeared meanwhile and is not complete; refusing to overwrite it") from None
+            return existing
+        return {"file": str(final.relative_to(self.path)), **written, "written": _now(), "host": platform.node()}
 
     def complete_record(self, index: int, config_sha256: str | None) -> dict | None:
-        """The record of realisation ``index`` if its file exists, reads back whole and
-        belongs to the configuration ``config_sha256``; otherwise ``None``."""
+        """The record of realisation ``index`` if its file is a regular file that reads
+        back whole, belongs to the configuration ``config_sha256`` and matches its own
+        ``data_sha256``; otherwise ``None``."""
         path = self.realisation_path(index)
-        if not path.exists() or not self._looks_complete(path, config_sha256, index):
+        if not path.is_file() or path.is_symlink() or not self._looks_complete(path, config_sha256, index):
             return None
         return self._file_record(path)
 
@@ -259,54 +786,145 @@ class RunStore:
 
     def record(self, index: int, record: dict) -> None:
         """Record realisation ``index`` as complete (driver only)."""
-        manifest = self.manifest()
-        manifest["realisations"][str(index)] = record
-        self._write_manifest(manifest)
+        with self.lock(exclusive=True):
+            manifest = self.manifest()
+            manifest["realisations"][str(index)] = record
+            self._write_manifest(manifest)
 
     def record_session(self, session: dict) -> None:
-        manifest = self.manifest()
-        manifest["sessions"].append(session)
-        self._write_manifest(manifest)
+        with self.lock(exclusive=True):
+            manifest = self.manifest()
+            manifest["sessions"].append(session)
+            self._write_manifest(manifest)
 
     # -- reading -------------------------------------------------------------
     def read_realisation(self, index: int) -> xr.Dataset:
-        """Load one realisation into memory (an :class:`xarray.Dataset`)."""
-        with xr.open_dataset(self.realisation_path(index), engine="h5netcdf") as ds:
-            return ds.load()
+        """Load one verified realisation into memory (an :class:`xarray.Dataset`).
+
+        The file must be a regular file with the size and SHA-256 of its manifest
+        record (the hashed bytes are the ones parsed) and carry this run's
+        configuration digest and index ``index``.
+
+        Raises
+        ------
+        RealisationError
+            Not recorded, missing, a symbolic link, damaged or foreign; the message
+            names the file and the fix.
+        """
+        manifest = self.manifest()
+        return self._read_verified(index, manifest["realisations"].get(str(index)), manifest["config_sha256"])
 
     def iter_realisations(self):
-        """Yield the completed realisations one at a time (streaming, low memory)."""
-        for index in self.completed():
-            yield index, self.read_realisation(index)
+        """Yield ``(index, Dataset)`` for the completed realisations, one at a time,
+        each verified as in :meth:`read_realisation` (streaming, low memory).
+
+        A run being written is refused (:class:`RunLockedError`, naming the writer):
+        the shared lock is taken to read the manifest. Hold :meth:`lock` around the
+        whole analysis (as ``crsky analyze`` does) to keep writers out until it ends;
+        a generator left suspended must not keep the lock.
+        """
+        with self.lock(exclusive=False):
+            manifest = self.manifest()
+        for key in sorted(manifest["realisations"], key=int):
+            index = int(key)
+            yield index, self._read_verified(index, manifest["realisations"][key], manifest["config_sha256"])
+
+    def _read_verified(self, index: int, record: dict | None, config_sha256: str) -> xr.Dataset:
+        path = self.realisation_path(index)
+        if record is None:
+            raise RealisationError(f"realisation {index} is not recorded as complete in {self.path / MANIFEST}")
+        ds, problem = self._open_checked(path, index, record, config_sha256, load=True)
+        if problem:
+            raise RealisationError(self._problem_message(index, path, problem))
+        return ds
+
+    def _problem_message(self, index: int, path: Path, problem: str) -> str:
+        return (f"realisation {index} {problem} ({path}): run `crsky run CONFIG --out {self.path}` again "
+                "with this run's configuration to set it aside and recompute it")
+
+    def _open_checked(self, path: Path, index: int, record: dict, config_sha256: str, load: bool):
+        """``(Dataset or None, problem or None)``: ``path`` checked against ``record``."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, ("is missing (a dangling symbolic link)" if os.path.islink(path) else "is missing")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                if not os.path.exists(path):
+                    return None, "is missing (a dangling symbolic link)"
+                return None, "is a symbolic link; a realisation must be a regular file"
+            return None, f"cannot be read: {exc.strerror}"
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None, "is not a regular file"
+            if st.st_size != record["bytes"]:
+                return None, f"has {st.st_size} bytes, not the {record['bytes']} recorded (truncated or replaced)"
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+            fh.seek(0)
+            identity = self._identity_problem(fh, index, config_sha256, load)
+            if digest.hexdigest() != record["sha256"]:
+                if isinstance(identity, str):
+                    return None, identity
+                return None, "is damaged (its SHA-256 differs from the manifest record)"
+            if isinstance(identity, str):
+                return None, identity
+            return identity, None
+
+    @staticmethod
+    def _identity_problem(fh, index: int, config_sha256: str, load: bool):
+        """The loaded Dataset if ``fh`` is realisation ``index`` of this run, else a problem."""
+        try:
+            with xr.open_dataset(fh, engine="h5netcdf") as ds:
+                digest, found = ds.attrs.get("config_sha256"), ds.attrs.get("realisation")
+                if digest != config_sha256:
+                    return f"belongs to another run (configuration {str(digest)[:12]}..., this run {config_sha256[:12]}...)"
+                if found != index:
+                    return f"holds realisation {found}, not {index}"
+                return ds.load() if load else True
+        except Exception:  # noqa: BLE001 - unreadable bytes: damaged
+            return "is damaged (cannot be read as netCDF)"
 
     # -- integrity -----------------------------------------------------------
     def verify(self, index: int, record: dict) -> bool:
-        """True if the file of ``index`` exists with the recorded size and SHA-256."""
-        path = self.realisation_path(index)
+        """True if the file of ``index`` is a regular file with the recorded size and
+        SHA-256 and this run's configuration digest and index."""
         try:
-            return path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]
-        except (OSError, KeyError):
+            digest = self.manifest()["config_sha256"]
+        except RunDirError:
             return False
+        return self._open_checked(self.realisation_path(index), index, record, digest, load=False)[1] is None
 
     def _clean_temporaries(self) -> None:
-        for tmp in (self.path / REALISATIONS).glob("*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        """Remove crsky's temporary files (call with the exclusive lock: then they are abandoned)."""
+        p = self.path
+        candidates = [e for e in _listdir(p) if _TOP_TEMP.match(e.name)]
+        candidates += [e for e in _listdir(p / REALISATIONS) if e.name.endswith(".tmp")
+                       and _REALISATION_OWN.match(e.name)]
+        candidates += [e for e in _listdir(p / FIGURES) if _FIGURE_TEMP.match(e.name)]
+        for tmp in candidates:
+            _unlink_file(tmp)
 
     def _reconcile(self, config: RunConfig) -> None:
-        """Drop records whose file fails its check; adopt complete unrecorded files."""
+        """Set aside recorded files that fail their check; adopt unrecorded files that
+        prove themselves; set aside anything else under a realisation's name."""
         manifest = self.manifest()
+        digest = config.digest()
         changed = False
         for key, record in list(manifest["realisations"].items()):
-            if not self.verify(int(key), record):
+            index = int(key)
+            if self._open_checked(self.realisation_path(index), index, record, digest, load=False)[1]:
                 del manifest["realisations"][key]
-                self._quarantine(int(key))
+                self._quarantine(index)
                 changed = True
-        for path in sorted((self.path / REALISATIONS).glob("r*.nc")):
-            index = int(path.stem[1:])
-            if str(index) in manifest["realisations"]:
+        for path in _listdir(self.path / REALISATIONS):
+            match = _REALISATION.match(path.name)
+            if not match or str(int(match.group(1))) in manifest["realisations"]:
                 continue
-            if self._looks_complete(path, config.digest(), index):
+            index = int(match.group(1))
+            if path.is_file() and not path.is_symlink() and self._looks_complete(path, digest, index):
                 manifest["realisations"][str(index)] = {**self._file_record(path), "adopted": True}
             else:
                 self._quarantine(index)
@@ -315,24 +933,91 @@ class RunStore:
             self._write_manifest(manifest)
 
     def _quarantine(self, index: int) -> None:
-        """Move a bad realisation file aside (kept for inspection, never read)."""
+        """Move a bad realisation file (or symbolic link) aside: kept for inspection, never read."""
         path = self.realisation_path(index)
-        if path.exists():
-            os.replace(path, path.with_name(path.name + f".bad-{int(time.time())}"))
+        if os.path.lexists(path):
+            aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+            try:
+                os.replace(path, aside)
+            except OSError as exc:
+                raise storage_error(exc, aside) from None
 
     @staticmethod
     def _looks_complete(path: Path, config_sha256: str | None, index: int) -> bool:
+        """Whether an unrecorded file proves to be realisation ``index`` of this run:
+        its attributes name the configuration and index, and its arrays read back
+        whole with the SHA-256 stored in it at writing (``data_sha256``)."""
         try:
             with xr.open_dataset(path, engine="h5netcdf") as ds:
                 ok = (
                     ds.attrs.get("config_sha256") == config_sha256
                     and ds.attrs.get("realisation") == index
                     and ds["x"].shape == (ds.sizes["time"], 12 * ds.attrs["nside"] ** 2, 3)
+                    and ds.attrs.get("data_sha256") == _data_sha256(ds)
                 )
-                ds["x"].values, ds["p"].values  # noqa: B018 - reading every chunk checks it
             return bool(ok)
-        except Exception:
+        except Exception:  # noqa: BLE001 - anything unreadable is not complete
             return False
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is wrong with a parsed manifest, or ``None``."""
+    if not isinstance(manifest, dict):
+        return f"the top level is a JSON {type(manifest).__name__}, not an object"
+    if manifest.get("format") != _FORMAT:
+        return f"format = {manifest.get('format')!r}, expected {_FORMAT}"
+    digest = manifest.get("config_sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return "config_sha256 is missing or not a SHA-256 hex digest"
+    realisations = manifest.get("realisations")
+    if not isinstance(realisations, dict):
+        return "realisations is missing or not an object"
+    for key, record in realisations.items():
+        if not key.isdigit():
+            return f"realisations key {key!r} is not an index"
+        if (not isinstance(record, dict) or not isinstance(record.get("bytes"), int)
+                or not isinstance(record.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", record["sha256"])):
+            return f"the record of realisation {key} lacks bytes / sha256"
+    if not isinstance(manifest.get("sessions"), list):
+        return "sessions is missing or not a list"
+    return None
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _entries(directory: Path) -> list[str]:
+    """Names in ``directory`` other than the lock file."""
+    return [e.name for e in _listdir(directory) if e.name != LOCK]
+
+
+def _unlink_file(path: Path) -> bool:
+    """Remove a file or symbolic link (never a directory); True if it is gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _is_crsky_figure(path: Path) -> bool:
+    """A figure crsky names (:mod:`crsky.plots`) and marks in its metadata."""
+    match = _FIGURE.match(path.name)
+    if not match or not path.is_file() or path.is_symlink():
+        return False
+    marker = _FIGURE_MARKERS.get(match.group(2), b"crsky")
+    try:
+        return marker in path.read_bytes()
+    except OSError:
+        return False
 
 
 def _config_difference(a: RunConfig, b: RunConfig) -> str:

@@ -1,4 +1,4 @@
-"""Synthetic turbulent magnetic fields by the harmonic method (SPEC section 2).
+"""Synthetic turbulent magnetic fields by the harmonic method (docs/conventions.md, "Turbulent field").
 
     B(x) / B0 = z_hat + sum_n A_n xi_n cos(k_n k_hat_n . x + beta_n)
 
@@ -15,8 +15,8 @@ Spectra. ``gamma`` is the index of the isotropic 3D spectrum. With log-spaced
     G_n = k_n^d / (1 + (k_n L_c)^(gamma + d - 3)),
 
 with ``d = 3`` (isotropic), ``d = 1`` (slab) and ``d = 2`` (2D). For ``d = 3`` this
-is the SPEC's ``k^3 / (1 + (k L_c)^gamma)``; the slab and 2D forms are the reduced
-spectra with the same inertial range, energy per ``ln k`` falling as
+is the ``k^3 / (1 + (k L_c)^gamma)`` of Mertsch & Ahlers (2015), section 3; the slab
+and 2D forms are the reduced spectra with the same inertial range, energy per ``ln k`` falling as
 ``k^-(gamma - 3)`` (Kolmogorov: the familiar slab ``k^-5/3`` and 2D ``k^-8/3``).
 Amplitudes are normalised so that ``sum_n A_n^2 = 2 sigma2``: the spatial mean of
 ``|dB|^2`` is then ``sigma2 B0^2``.
@@ -180,11 +180,11 @@ def field(modes: np.ndarray, points: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (..., 3)
         ``B / B0``; the regular part is ``z_hat``.
     """
-    from .backends import cpu
+    from .backends import get_backend
 
     points = np.asarray(points, dtype=np.float64)
     if points.shape[-1] != 3:
         raise ValueError(f"points must have a last axis of length 3, got shape {points.shape}")
     flat = np.ascontiguousarray(points.reshape(-1, 3))
-    out = cpu.field_at_points(np.ascontiguousarray(modes, dtype=np.float64), flat)
+    out = get_backend("cpu").field_at_points(modes, flat)
     return out.reshape(points.shape)

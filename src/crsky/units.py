@@ -1,4 +1,4 @@
-"""Physical quantities to code units, at the boundary only (SPEC section 1).
+"""Physical quantities to code units, at the boundary only (docs/conventions.md, Units).
 
 Inside crsky lengths are in ``L_c``, speeds in ``c``, field strengths in ``B0`` and
 times are quoted as ``t * Omega`` with ``Omega = c / r_L``.
@@ -11,7 +11,13 @@ import numbers
 
 from .errors import InputError
 
-__all__ = ["RL_PC_PER_TEV_PER_MICROGAUSS", "gyroradius_pc", "gyroradius_lc", "time_to_lc_over_c"]
+__all__ = [
+    "RL_PC_PER_TEV_PER_MICROGAUSS",
+    "gyroradius_pc",
+    "gyroradius_lc",
+    "time_to_lc_over_c",
+    "lc_over_c_years",
+]
 
 #: ``r_L / pc`` of a Z = 1 ultra-relativistic particle of 1 TeV in 1 microgauss:
 #: ``E / (e B c)`` = 1e12 V / (2.9979e8 m/s * 1e-10 T) = 3.3356e13 m = 1.0810e-3 pc.
@@ -62,3 +68,22 @@ def time_to_lc_over_c(t_omega: float, rl: float) -> float:
     if not math.isfinite(t_omega):
         raise InputError(f"t_omega = {t_omega!r} must be finite")
     return t_omega * rl
+
+
+def lc_over_c_years(lc_pc: float) -> float:
+    """The light-crossing time of the bend-over scale, ``L_c / c``, in Julian years.
+
+    Converted with :mod:`astropy.units` (imported here only: it costs ~0.4 s, paid
+    only by runs given in physical units). Multiply a time in ``L_c / c`` (e.g.
+    :func:`time_to_lc_over_c`) by it to get years.
+
+    Parameters
+    ----------
+    lc_pc : float
+        ``L_c`` in parsec.
+    """
+    _positive("lc_pc", lc_pc)
+    from astropy import constants
+    from astropy import units as u
+
+    return float((lc_pc * u.pc / constants.c).to(u.yr).value)

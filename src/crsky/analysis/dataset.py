@@ -24,13 +24,10 @@ docs/analysis.md; conventions (pixel = momentum direction, units): docs/conventi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +36,7 @@ import xarray as xr
 
 from .. import __version__, units
 from ..errors import InputError
-from ..store import RunDirError, RunStore
+from ..store import RunDirError, RunStore, atomic_write_netcdf, new_analysis_id
 from . import estimators as est
 from .harmonics import anafast_options, binning_matrix, cross_spectra
 from .sky import map_attributes
@@ -537,7 +534,7 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
     }
     attrs = {
         "title": "crsky analysis (Mertsch & Ahlers 2015, eqs. 2.1-3.1)",
-        "analysis_id": uuid.uuid4().hex,
+        "analysis_id": new_analysis_id(),
         "config": config.to_json(),
         "config_sha256": config.digest(),
         "crsky_version": __version__,
@@ -664,27 +661,10 @@ def analyze_run(run_dir, gradients=None, K=None, lmax: int | None = None, progre
 # ---------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------
-def _atomic_write_netcdf(ds: xr.Dataset, path) -> None:
-    # TODO(lead): replace by store.atomic_write_netcdf
-    """Write ``ds`` as netCDF4 (h5netcdf) under a temporary name, fsync, rename into place.
-
-    The temporary file is created by HDF5 itself, so it gets the umask's permissions.
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_analysis(ds: xr.Dataset, path) -> Path:
-    """Write an analysis Dataset to ``path`` atomically (never half-written).
+    """Write an analysis Dataset to ``path`` atomically
+    (:func:`crsky.store.atomic_write_netcdf`: never half-written, umask permissions,
+    a failed write is a one-line :class:`crsky.errors.StorageError`).
 
     Returns
     -------
@@ -694,7 +674,7 @@ def write_analysis(ds: xr.Dataset, path) -> Path:
     path = Path(path)
     out = ds.copy()
     out["gradient"] = out["gradient"].astype(str)
-    _atomic_write_netcdf(out, path)
+    atomic_write_netcdf(out, path)
     return path
 
 

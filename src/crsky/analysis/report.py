@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..errors import StorageError
 from ..store import atomic_write_bytes
 from .dataset import ANALYSIS_FILE, analyze_run, load_analysis, write_analysis
 from .estimators import p_interval_text
@@ -350,16 +351,19 @@ def read_summary(run_dir, ds: xr.Dataset | None = None, *, repair: bool = True) 
     if repair:
         try:
             return write_summary(ds, run_dir), True
-        except OSError:  # a read-only (archived) run: the summary is still made from analysis.nc
+        except (OSError, StorageError):  # a read-only (archived) run: the summary is still made from analysis.nc
             pass
     return summary_dict(ds), True
 
 
-def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: bool = False, **options):
-    """Analyse a run; write ``RUN_DIR/analysis.nc``, then ``RUN_DIR/summary.json``, each atomically.
+def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: bool = False,
+            out_dir=None, write: bool = True, **options):
+    """Analyse a run; write ``analysis.nc``, then ``summary.json``, each atomically.
 
     Parameters are those of :func:`crsky.analysis.analyze_run` (``options``: ``noise``,
-    ``fit_nsigma``, ``partial``, ``map_realisation``). The order of the writes makes a
+    ``fit_nsigma``, ``partial``, ``map_realisation``), and ``out_dir`` (default
+    ``run_dir``), the directory the two files go to, and ``write`` (``False``: write
+    nothing, e.g. for a read-only, archived run). The order of the writes makes a
     kill between them leave a new ``analysis.nc`` with an old ``summary.json`` of
     another ``analysis_id``, which :func:`read_summary` detects and repairs.
 
@@ -371,5 +375,8 @@ def analyze(run_dir, gradients=None, K=None, lmax: int | None = None, progress: 
         :func:`summary_dict` of it (what ``summary.json`` holds).
     """
     ds = analyze_run(run_dir, gradients=gradients, K=K, lmax=lmax, progress=progress, **options)
-    write_analysis(ds, Path(run_dir) / ANALYSIS_FILE)
-    return ds, write_summary(ds, run_dir)
+    if not write:
+        return ds, summary_dict(ds)
+    out_dir = Path(run_dir if out_dir is None else out_dir)
+    write_analysis(ds, out_dir / ANALYSIS_FILE)
+    return ds, write_summary(ds, out_dir)

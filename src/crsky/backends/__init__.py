@@ -1,9 +1,19 @@
-"""Execution backends: drivers that run the scalar kernels of :mod:`crsky.kernels`
+"""Execution backends: loops that run the scalar kernels of :mod:`crsky.kernels`
 over many particles.
 
-Every backend exposes ``trace(positions, velocities, modes, sign, dtau, rl,
-snapshot_steps) -> (positions, velocities)`` with the same meaning and units; see
-:func:`crsky.backends.cpu.trace`.
+:func:`get_backend` returns a :class:`Backend` with its options fixed; every backend
+exposes the same calls, ``trace_many(x0, v0, modes, *, sign, dt, rl,
+snapshot_steps)``, ``trace(...)`` (one realisation) and ``field_at_points(modes,
+points)``, with the same meaning and units.
+
+One module per execution mode: :mod:`~crsky.backends.cpu_float64`,
+:mod:`~crsky.backends.cpu_mixed` (their common driver :mod:`~crsky.backends.cpu`) and
+:mod:`~crsky.backends.cuda` (both precisions in one kernel body). Mode-array layouts,
+all from the float64 ``(7, N)`` modes of :func:`crsky.turbulence.make_modes`:
+``turns_soa`` (4, N) and ``modes32_soa`` (6, N), one row per component, of the CPU
+mixed path (:func:`crsky.backends.cpu_mixed.mode_arrays_soa`); ``turns_aos`` and
+``amps_aos`` (N, 4), one row per mode, of the GPU mixed path
+(:func:`crsky.backends.cuda.mode_arrays_aos`).
 """
 
 from __future__ import annotations
@@ -12,8 +22,11 @@ import os
 import sys
 
 from ..errors import InputError
+from .interface import PRECISIONS, Backend
 
 __all__ = [
+    "Backend",
+    "PRECISIONS",
     "BackendError",
     "BACKENDS",
     "VECTOR_BITS_ENV",
@@ -40,7 +53,7 @@ def wide_vector_features(host_features: str, environ) -> str | None:
     registers, or None to leave numba's default (256-bit vectors even on AVX-512 CPUs).
 
     LLVM's tuning for recent Intel server CPUs prefers 256-bit vectors; the mixed
-    path is ~30 % faster with 512-bit ones (``docs/performance.md``, "Session 5").
+    path is ~30 % faster with 512-bit ones (``docs/performance.md``).
     Returns None when the CPU lacks AVX-512, when the user has set
     ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` (theirs wins), or when
     ``CRSKY_VECTOR_BITS=256``.
@@ -144,13 +157,31 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def get_backend(name: str):
-    """The driver module of a concrete backend (``cpu`` or ``cuda``)."""
+def get_backend(name: str = "cpu", precision: str = "float64", **options) -> Backend:
+    """A backend with its options fixed.
+
+    Parameters
+    ----------
+    name : {"auto", "cpu", "cuda"}
+        Where to run (:func:`resolve_backend`).
+    precision : {"float64", "mixed"}
+        Field evaluation (:data:`PRECISIONS`).
+    **options
+        Backend-specific: ``threads`` and ``refresh`` of
+        :class:`crsky.backends.cpu.CpuBackend`.
+
+    Raises
+    ------
+    BackendError
+        For ``cuda`` without a usable GPU.
+    ValueError
+        For an unknown precision or option value.
+    """
     name = resolve_backend(name)
     if name == "cpu":
-        from . import cpu
+        from .cpu import CpuBackend
 
-        return cpu
-    from . import cuda
+        return CpuBackend(precision, **options)
+    from .cuda import CudaBackend
 
-    return cuda
+    return CudaBackend(precision, **options)
