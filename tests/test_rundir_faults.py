@@ -46,7 +46,10 @@ def run_cli(args, capsys):
 
 
 def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    """The one error line of ``err``, besides the physics warnings that a run of the
+    tiny test configuration prints before it starts (its t_max is far too short for
+    a steady state, on purpose)."""
+    lines = [line for line in err.strip().splitlines() if not line.startswith("crsky run: warning:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -119,7 +122,7 @@ def test_force_on_a_run_without_foreign_files_leaves_only_the_new_run(run, tmp_p
     other = tmp_path / "other.toml"
     other.write_text(TINY_TOML.replace("realisations = 4", "realisations = 2"))
     code, _, err = run_cli(["run", other, "--out", run, "--backend", "cpu", "--quiet", "--force"], capsys)
-    assert code == 0 and err == ""
+    assert code == 0 and all(line.startswith("crsky run: warning:") for line in err.splitlines())
     assert sorted(p.name for p in (run / "realisations").iterdir()) == ["r000000.nc", "r000001.nc"]
     assert sorted(p.name for p in run.iterdir()) == sorted([LOCK, "config.toml", "manifest.json", "realisations"])
 
