@@ -38,12 +38,12 @@ def _tiny_config(**particles):
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """Two real runs: code units (rl) and physical units (10 TeV protons, 1 muG, L_c = 1 pc)."""
+    """Two real runs: code units (rl) and physical units (100 TeV protons, 1 muG, L_c = 1 pc)."""
     from crsky.ensemble import run_ensemble
 
     tmp = tmp_path_factory.mktemp("outputs")
     runs = {}
-    for name, particles in (("code", {}), ("physical", {"energy_tev": 10.0, "b0_microgauss": 1.0, "lc_pc": 1.0})):
+    for name, particles in (("code", {}), ("physical", {"energy_tev": 100.0, "b0_microgauss": 1.0, "lc_pc": 1.0})):
         run_ensemble(_tiny_config(**particles), tmp / name, backend="cpu", progress=False)
         runs[name] = tmp / name
     return runs
@@ -73,7 +73,7 @@ def _brownian_run(path, t_omega, seed=5, realisations=4, nside=2, draws=None):
     return path, out
 
 
-def _numeric_keys(obj, skip=("config", "physical_inputs", "units", "unit_definitions", "K_map", "schema_version")):
+def _numeric_keys(obj, skip=("config", "units", "unit_definitions", "K_map", "schema_version")):
     """Every key whose value is a number or a (nested) list of numbers (quantities; ``skip``:
     the configuration and inputs, documented in docs/conventions.md, and the layout version)."""
     keys = set()
@@ -121,11 +121,16 @@ def test_summary_validates_against_its_schema(tiny_runs, kind, capsys):
     assert not missing, missing
     if kind == "physical":
         phys = summary["physical_inputs"]
-        assert (phys["energy_tev"], phys["b0_microgauss"], phys["lc_pc"]) == (10.0, 1.0, 1.0)
+        assert (phys["energy_tev"], phys["b0_microgauss"], phys["lc_pc"]) == (100.0, 1.0, 1.0)
         # r_L / pc = 1.0810e-3 (E/TeV) / (|Z| B0/muG) (docs/conventions.md), L_c = 1 pc
-        assert phys["rl"] == pytest.approx(1.0810e-2, rel=1e-3)
+        assert phys["rl"] == pytest.approx(1.0810e-1, rel=1e-3)
+        assert phys["t_max_lc_over_c"] == pytest.approx(20.0 * phys["rl"], rel=1e-12)  # T = (t Omega) r_L
     else:
         assert summary["physical_inputs"] is None
+    # t_max = 20 / Omega is far too short for the steady state: the summary says so
+    codes = [w["code"] for w in summary["warnings"]]
+    assert "steady_state_not_reached" in codes
+    assert "WARNING (steady_state_not_reached)" in capsys.readouterr().out
 
 
 def test_schema_rejects_a_summary_without_units(tiny_runs):

@@ -62,6 +62,11 @@ SUMMARY_UNITS = {
     "p": "1", "p_lo": "1", "p_hi": "1", "chi2_dof": "1", "norm": "1", "lmin": "1", "lmax": "1",
     "max_sigma": "1", "t_early": "1 (Omega T)", "t_late": "1 (Omega T)",
     "nside": "1", "npix": "1", "n_realisations_used": "1", "n_realisations_expected": "1",
+    "suggested_dt": "1 (Omega dt)",
+    # physical inputs and the values derived from them (crsky.config.physical_record)
+    "energy_tev": "TeV", "b0_microgauss": "microgauss", "lc_pc": "pc", "charge": "e", "rl": "L_c",
+    "r_l_pc": "pc", "lc_over_c_yr": "yr", "gyro_period_lc_over_c": "L_c/c", "gyro_period_yr": "yr",
+    "t_max_lc_over_c": "L_c/c", "t_max_yr": "yr",
 }
 _UNIT_DEFINITIONS = {
     "L_c": "turbulence bend-over scale (the length unit of the configuration; [particles] lc_pc in pc if given)",
@@ -113,12 +118,39 @@ def _fit_record(d, ds, name: str, suffix: str, status_attr: str) -> dict:
     }
 
 
-def _physical_inputs(config: dict):
+def _run_config(config: dict):
+    """The :class:`crsky.config.RunConfig` of a stored configuration (the checks it passed
+    when written), or None if it cannot be rebuilt (a file of another crsky)."""
+    import tomli_w
+
+    from ..config import config_from_toml_text
+    from ..errors import InputError
+
+    try:
+        clean = {s: {k: v for k, v in d.items() if v is not None} for s, d in config.items() if isinstance(d, dict)}
+        return config_from_toml_text(tomli_w.dumps(clean))
+    except (InputError, ValueError, TypeError):
+        return None
+
+
+def _physical_inputs(config: dict, run_config):
+    """The physical inputs and what follows from them (``crsky.config.physical_record``),
+    or None for a run given in code units."""
+    from ..config import physical_record
+
     particles = config.get("particles", {})
-    keys = ("energy_tev", "b0_microgauss", "lc_pc", "charge")
     if particles.get("energy_tev") is None:
         return None
-    return {k: particles.get(k) for k in keys} | {"rl": particles.get("rl")}
+    inputs = {k: particles.get(k) for k in ("energy_tev", "b0_microgauss", "lc_pc", "charge")}
+    derived = physical_record(run_config) if run_config is not None else None
+    return inputs | (derived or {"rl": particles.get("rl")})
+
+
+def _physics_warnings(run_config):
+    """``crsky.config.physics_warnings`` of the run's configuration (None if unknown)."""
+    from ..config import physics_warnings
+
+    return None if run_config is None else [w.to_dict() for w in physics_warnings(run_config)]
 
 
 def summary_dict(ds: xr.Dataset) -> dict:
@@ -135,7 +167,9 @@ def summary_dict(ds: xr.Dataset) -> dict:
         ``"n_realisations_expected"``, ``"complete"`` (false for an ensemble analysed
         with ``--partial``); ``"crsky_version"``, ``"config"`` (the resolved
         configuration), ``"physical_inputs"`` (null unless the run was given in
-        physical units), ``"nside"``, ``"npix"``, ``"lmax"``, ``"ell"``, ``"noise_model"``,
+        physical units; with the derived ``r_L``, gyro period and ``t_max`` in years and
+        ``L_c / c``), ``"warnings"`` (the physics warnings of the configuration, e.g. a
+        ``t_max`` too short for the steady state: ``crsky.config.physics_warnings``), ``"nside"``, ``"npix"``, ``"lmax"``, ``"ell"``, ``"noise_model"``,
         ``"K_map"`` (the tensor in the ``-3 K p`` term and its source);
         ``{"t_omega", "T", "K_par", "K_perp", "K_par_err", "K_perp_err"}`` per snapshot
         and ``"gradients": {name: {"cl", "cl_err"`` ([snapshot][ell], the ensemble mean
@@ -150,6 +184,7 @@ def summary_dict(ds: xr.Dataset) -> dict:
     except (TypeError, ValueError):
         config = {}
     K_map = np.asarray(ds["K_map"].values, dtype=np.float64) if "K_map" in ds.variables else None
+    run_config = _run_config(config)
     out = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "analysis_id": str(ds.attrs["analysis_id"]),
@@ -159,7 +194,8 @@ def summary_dict(ds: xr.Dataset) -> dict:
         "complete": bool(ds.attrs["complete"]),
         "config": config,
         "config_sha256": str(ds.attrs.get("config_sha256", "")),
-        "physical_inputs": _physical_inputs(config),
+        "physical_inputs": _physical_inputs(config, run_config),
+        "warnings": _physics_warnings(run_config),
         "nside": int(ds.attrs["nside"]),
         "npix": int(ds.attrs["npix"]),
         "lmax": int(ds.attrs["lmax"]),
@@ -266,6 +302,8 @@ def format_summary(summary: dict) -> str:
     The sum-rule column is explained below each table (form and expected value).
     """
     lines = [_ensemble_line(summary)]
+    for warning in summary.get("warnings") or []:
+        lines.append(f"WARNING ({warning.get('code')}): {warning.get('message')}")
     run_line = _run_line(summary)
     if run_line:
         lines += textwrap.wrap(run_line, 110)
