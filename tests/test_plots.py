@@ -369,3 +369,128 @@ def test_observed_with_every_c_ell_negative_is_drawn(run, tmp_path):
     assert any("no observed" in t for t in texts)
     paths = plots.save_figure(fig, tmp_path / "figs", "observed_comparison")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+# ---------------------------------------------------------------------------------
+# Legends, labels, the steady-state line (Agg)
+# ---------------------------------------------------------------------------------
+def _legend_texts(fig) -> list[str]:
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    return [t.get_text() for leg in legends for t in leg.get_texts()]
+
+
+def _plain_words(texts) -> list[str]:
+    """Texts that spell an estimator in plain words instead of mathtext."""
+    import re
+
+    bad = re.compile(r"C_hat|sigma_noise|noise_err|chi2|t Omega")
+    return [t for t in texts if bad.search(re.sub(r"\$[^$]*\$", "", t))]
+
+
+def test_fig2_every_line_and_band_in_the_legend(run):
+    from crsky.analysis import load_analysis
+
+    plots._use_agg()
+    ds = load_analysis(run[0])
+    # the fixture ends at t Omega = 50; stretch the time axis so that t Omega = 100 is inside
+    stretched = ds.assign_coords(t_omega=ds["t_omega"] * 10.0)
+    fig = plots.plot_spectrum_evolution(stretched)
+    texts = _legend_texts(fig)
+    joined = "\n".join(texts)
+    for words in (r"$\langle C_0\rangle$", r"$\langle C_1\rangle$", r"$\ell$ = 2..9 (colour bar)",
+                  "standard-diffusion dipole", "shade: down to the estimate", "shot noise",
+                  r"$\nabla n/n \parallel \mathbf{B}_0$", r"$\nabla n/n \perp \mathbf{B}_0$",
+                  "standard error over", r"$t\Omega$ = 100: steady state"):
+        assert words in joined, words
+    # the l = 2..9 curves are keyed by a colour bar with one tick per multipole
+    colourbars = [ax for ax in fig.axes if "multipole" in ax.get_xlabel()]
+    assert len(colourbars) == 1
+    assert [int(round(v)) for v in colourbars[0].get_xticks()] == list(range(2, 10))
+    assert not _plain_words(texts + [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes])
+    # without t Omega = 100 in range there is no marker and no legend entry for it
+    assert "steady state" not in "\n".join(_legend_texts(plots.plot_spectrum_evolution(ds)))
+
+
+def test_fig3_fit_band_in_the_legend_and_steady_line_from_the_analysis(run):
+    from crsky.analysis import analyze_run
+
+    plots._use_agg()
+    ds = analyze_run(run[0], fit_nsigma=0.0)  # a fit for the parallel gradient (see above)
+    fig = plots.plot_spectrum_shape(ds)
+    texts = _legend_texts(fig)
+    joined = "\n".join(texts)
+    for words in ("BGK eq. 4.7, p = 1/3", "BGK eq. 4.7, p = 1/2", "BGK eq. 4.7, p = 2/3",
+                  "fit at $t\\Omega$", r"1$\sigma$ range of p", "thin steps: noise", "below the noise level"):
+        assert words in joined, words
+    assert not _plain_words(texts)
+    figure_texts = "\n".join(t.get_text() for t in fig.texts)
+    for flag, words in ((1, "parallel: steady"), (0, "parallel: NOT steady")):
+        changed = ds.copy()
+        changed["steady_state"] = ds["steady_state"].copy(data=np.full(ds.sizes["gradient"], flag, dtype=np.int8))
+        text = "\n".join(t.get_text() for t in plots.plot_spectrum_shape(changed).texts)
+        assert words in text, text
+    if not int(ds["steady_state"].sel(gradient="parallel")):
+        assert "parallel: NOT steady" in figure_texts
+    older = ds.drop_vars(["steady_state", "steady_state_sigma"])
+    assert "not tested" in "\n".join(t.get_text() for t in plots.plot_spectrum_shape(older).texts)
+
+
+def test_plot_replaces_its_figure_set_and_lists_the_files(run, tmp_path, capsys):
+    """An earlier --observed call leaves observed_comparison.*; a plain call removes it
+    (and nothing that crsky did not write) and prints exactly the files in the directory."""
+    import shutil
+
+    from crsky.cli import main
+
+    run_dir, _, observed = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("figures"))
+    assert main(["plot", str(copy), "--observed", str(observed)]) == 0
+    figures = copy / plots.FIGURES_DIR
+    assert (figures / "observed_comparison.png").is_file()
+    (figures / "notes.txt").write_text("mine")
+    (figures / "my_plot.png").write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["plot", str(copy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = {line.strip() for line in out[1:]}
+    on_disk = {p.name for p in figures.iterdir()} - {"notes.txt", "my_plot.png"}
+    assert listed == on_disk and f"wrote {len(on_disk)} files" in out[0]
+    assert not (figures / "observed_comparison.png").exists() and not (figures / "observed_comparison.pdf").exists()
+    assert (figures / "notes.txt").read_text() == "mine" and (figures / "my_plot.png").read_bytes() == b"mine"
+
+
+def test_reproduce_with_a_config_counts_what_is_in_the_directory(tmp_path, capsys):
+    from crsky.cli import main
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('[turbulence]\nn_modes = 8\n[particles]\nnside = 2\n'
+                      '[integration]\nt_max = 10.0\nn_snapshots = 4\ndt = 0.1\n[ensemble]\nrealisations = 2\n')
+    out = tmp_path / "run"
+    assert main(["reproduce", str(config), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "crsky run:" not in captured.err and "realisation/s" not in captured.err  # --quiet: no bars
+    lines = captured.out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("figures: wrote"))
+    count = int(lines[head].split("wrote ")[1].split()[0])
+    files = sorted(p.name for p in (out / plots.FIGURES_DIR).iterdir())
+    assert count == len(files) and sorted(line.strip() for line in lines[head + 1:]) == files
+
+
+def test_reproduce_help_for_every_option_and_in_the_readme():
+    from crsky.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for command, options in (("reproduce", ("CONFIG", "--preset", "--out", "--force", "--quiet", "--backend",
+                                            "--workers")),
+                             ("analyze", ("--json", "--partial", "--gradient", "--K"))):
+        actions = {a.dest: a for a in sub.choices[command]._actions}
+        for a in actions.values():
+            if a.dest not in ("help", "debug"):
+                assert a.help, (command, a.dest)
+        usage = next(line for line in readme.splitlines() if line.strip().startswith(f"crsky {command} "))
+        block = readme[readme.index(usage):readme.index(usage) + 400]
+        for option in options:
+            assert option in block, (command, option)

@@ -1,4 +1,4 @@
-"""The ``crsky`` command line (SPEC section 7).
+"""The ``crsky`` command line.
 
 Exit codes: 0 on success, 2 on bad input (one line on stderr naming the problem), 1 on
 any other failure (one line). ``crsky --debug ...`` adds the Python traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
 
 from . import __version__
@@ -44,6 +45,59 @@ def _positive_seconds(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
     return value
+
+
+def _gradient_option(text: str) -> tuple[str, tuple[float, float, float]]:
+    """``NAME=x,y,z`` of ``analyze --gradient``: a gradient g = grad n / n in 1/L_c."""
+    name, sep, vector = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=x,y,z (NAME of letters, digits, _ or -)")
+    try:
+        values = tuple(float(v) for v in vector.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: x,y,z must be three numbers (1/L_c)") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: x,y,z must be three finite numbers (1/L_c)")
+    if not any(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: the gradient must not be zero")
+    return name, values
+
+
+def _K_option(text: str):
+    """``analyze --K``: ``late``, ``running``, ``K_par,K_perp`` or nine numbers (row-major), in L_c c."""
+    if text in ("late", "running"):
+        return text
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 9) or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected late, running, K_par,K_perp or 9 numbers "
+                                         "K_xx,K_xy,...,K_zz (L_c c)")
+    if len(values) == 2:
+        k_par, k_perp = values
+        return ((k_perp, 0.0, 0.0), (0.0, k_perp, 0.0), (0.0, 0.0, k_par))
+    return tuple(tuple(values[3 * i:3 * i + 3]) for i in range(3))
+
+
+def _analysis_gradients(extra) -> dict | None:
+    """Parallel and perpendicular plus the ``--gradient`` ones (None: the default pair)."""
+    if not extra:
+        return None
+    from .analysis import GRADIENT_PRESETS
+
+    gradients = dict(GRADIENT_PRESETS)
+    for name, vector in extra:
+        if name in gradients:
+            raise UsageError(f"--gradient {name}: the name is taken (by a preset or an earlier --gradient)")
+        gradients[name] = vector
+    return gradients
+
+
+def _cmd_run(args) -> int:
+    from .config import LARGE_RUN_BYTES, check_resources, load_config
+    from .ensemble import run_ensemble
 
 
 def _executor_options(args) -> dict:
@@ -125,8 +179,8 @@ def _cmd_analyze(args) -> int:
     # A read-only (archived) run without --out: analyse, print, and say where it could not write.
     writable = os.access(out_dir, os.W_OK) and not _read_only_fs(out_dir)
     with store.lock(exclusive=False, clean=writable and not args.out):
-        _, summary = analyze(store.path, progress=not args.json, out_dir=out_dir, write=writable,
-                             partial=args.partial)
+        _, summary = analyze(store.path, gradients=_analysis_gradients(args.gradient), K=args.K,
+                             progress=not args.json, out_dir=out_dir, write=writable, partial=args.partial)
     print(json.dumps(summary) if args.json else format_summary(summary))
     if not writable:
         raise StorageError(f"cannot write analysis.nc and summary.json into {out_dir} (read-only); the summary "
@@ -159,8 +213,17 @@ def _cmd_plot(args) -> int:
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
               "remade it from analysis.nc", file=sys.stderr)
-    print(f"crsky plot: wrote {len(paths)} files to {args.run_dir}/figures/")
+    _print_figures("crsky plot", paths, args.run_dir)
     return 0
+
+
+def _print_figures(prog: str, paths, run_dir) -> None:
+    """The figure files written (``make_figures`` removed the stale ones of its set)."""
+    from pathlib import Path
+
+    print(f"{prog}: wrote {len(paths)} files to {Path(run_dir) / 'figures'}/")
+    for path in paths:
+        print(f"  {Path(path).name}")
 
 
 def _cmd_reproduce(args) -> int:
@@ -173,19 +236,20 @@ def _cmd_reproduce(args) -> int:
     from .store import RunStore
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
-    config = load_config(None, preset=args.preset)
+    config = load_config(args.config, preset=args.preset)
     options = _executor_options(args)
     check_resources(config, out, workers=_local_workers(args, config))
-    print(f"crsky reproduce: preset {args.preset} -> {out} "
+    source = f"{args.config} over preset {args.preset}" if args.config else f"preset {args.preset}"
+    print(f"crsky reproduce: {source} -> {out} "
           f"({config.ensemble.realisations} realisations x {config.particles.n_particles} particles, "
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
     with RunStore(out).lock(exclusive=True, create_dir=True):
-        run_ensemble(config, out, backend=args.backend, progress=True, **options)
-        _, summary = analyze(out, progress=True)  # then the figures, from the analysis just written
+        run_ensemble(config, out, backend=args.backend, force=args.force, progress=not args.quiet, **options)
+        _, summary = analyze(out, progress=not args.quiet)  # then the figures, from the analysis just written
         paths = make_figures(out)
     print(format_summary(summary))
-    print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}\nfigures: {out / 'figures'}/ "
-          f"({len(paths)} files)")
+    print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}")
+    _print_figures("figures", paths, out)
     return 0
 
 
@@ -258,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", metavar="DIR",
                          help="write analysis.nc and summary.json to DIR instead of RUN_DIR (e.g. for a "
                          "read-only, archived run)")
+    analyze.add_argument("--gradient", action="append", type=_gradient_option, metavar="NAME=x,y,z",
+                         help="an extra density gradient g = grad n / n in 1/L_c (used as given, not "
+                         "normalised), analysed in addition to parallel (z) and perpendicular (x); repeatable")
+    analyze.add_argument("--K", type=_K_option, default="late", metavar="late|running|K_par,K_perp|9 numbers",
+                         help="diffusion tensor K (L_c c) in the -3 K p term of the maps: late (default) = the "
+                         "ensemble K^s at the last snapshot, so the maps depend on the run's t_max; running = "
+                         "K^s(T) at each snapshot; K_par,K_perp = diag(K_perp, K_perp, K_par); or the nine "
+                         "components row by row. Give a fixed K to compare runs of different t_max at the "
+                         "same T. Stored in analysis.nc (K_map, K_source) and summary.json (K_map)")
     analyze.set_defaults(func=_cmd_analyze)
 
     plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
@@ -270,12 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_cmd_plot)
 
     reproduce = sub.add_parser("reproduce", help="run + analyze + plot: the paper's experiment",
-                               description="Run the preset's ensemble (resumable), analyse it and write "
-                               "the figures; prints where the summary and figures are.")
+                               description="Run the ensemble of the preset (or of CONFIG over it; "
+                               "resumable), analyse it and write the figures; prints the summary table, "
+                               "where the summary and analysis are and every figure file written.")
+    reproduce.add_argument("config", nargs="?", help="TOML configuration file that overrides the preset "
+                           "key by key (optional)")
     reproduce.add_argument("--preset", choices=["quick", "paper"], default="quick",
                            help="quick (minutes on a laptop, default) or paper (the paper's ensemble)")
-    reproduce.add_argument("--out", help="run directory (default runs/reproduce-PRESET)")
-    reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto")
+    reproduce.add_argument("--out", metavar="DIR", help="run directory (default runs/reproduce-PRESET)")
+    reproduce.add_argument("--force", action="store_true",
+                           help="delete an existing run of another configuration in the run directory and "
+                           "start over")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+                           help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
     _add_executor_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 

@@ -6,17 +6,21 @@ the current analysis of the run (:func:`crsky.analysis.load_current_analysis`; r
 BGK fit is drawn from its stored curve (``fit_curve``), the sky maps from the stored
 maps of one realisation (``skymap``).
 
-Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``):
+Figures (``RUN_DIR/figures/<name>.png`` and ``.pdf``; :func:`make_figures` replaces the
+set, removing files of these names that it did not write this time):
 
 ``fig2_spectrum_evolution``
     Mertsch & Ahlers (2015) Fig. 2: ``<C_0>`` (blue), ``<C_1>`` (black),
-    ``<C_2>``..``<C_9>`` (green), the standard-diffusion dipole ``C_1(<dI>)`` (magenta)
-    and the shot noise of eq. (3.1) (red) against ``t Omega``; solid for the gradient
-    along ``B0``, dotted across it; bands are the standard errors over realisations.
+    ``<C_2>``..``<C_9>`` (a sequential colour map, keyed by a colour bar), the
+    standard-diffusion dipole ``C_1(<dI>)`` (magenta) and the shot noise of eq. (3.1)
+    (red) against ``t Omega``; solid for the gradient along ``B0``, dotted across it;
+    bands are the standard errors over realisations; every line and band is in the
+    legend.
 ``fig3_spectrum_shape``
     Fig. 3: ``C_hat_l / C_hat_1`` against ``l`` at three snapshots, BGK curves of eq.
-    (4.7) for ``p = 1/3, 1/2, 2/3`` and the fitted ``p``, the noise band; one panel per
-    gradient.
+    (4.7) for ``p = 1/3, 1/2, 2/3`` and the stored fit with its interval band, the noise
+    band; one panel per gradient; a steady state is claimed only where the analysis'
+    ``steady_state`` test passed.
 ``skymaps_<gradient>``
     Mollweide maps of ``dI`` of one realisation at three times (stored by the
     analysis), in *arrival* directions
@@ -44,6 +48,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 from functools import partial
@@ -52,11 +57,14 @@ from pathlib import Path
 import numpy as np
 
 from .analysis.dataset import load_current_analysis, nearest_log_indices, select_map_times
+from .analysis.estimators import STEADY_LMAX, STEADY_NSIGMA, p_interval_text
+from .analysis.sky import arrival_direction_map
 from .errors import InputError
 from .store import atomic_write_bytes
 
 __all__ = [
     "FIGURES_DIR",
+    "FIGURE_STEMS",
     "STEADY_STATE_T_OMEGA",
     "BGK_REFERENCE_P",
     "make_figures",
@@ -73,6 +81,11 @@ __all__ = [
 
 #: Sub-directory of the run directory that receives the figures.
 FIGURES_DIR = "figures"
+#: The figures :func:`make_figures` owns (plus ``skymaps_<gradient>``): files of these
+#: stems that a call does not write are removed (stale ones of an earlier call).
+FIGURE_STEMS = ("fig2_spectrum_evolution", "fig3_spectrum_shape", "diffusion_coefficients", "observed_comparison")
+_SKYMAP_PREFIX = "skymaps_"
+_DEFAULT_FORMATS = ("png", "pdf")
 #: ``t Omega`` past which the paper finds the spectrum in its steady state.
 STEADY_STATE_T_OMEGA = 100.0
 #: The BGK exponents drawn in Fig. 3 (as in the paper).
@@ -267,7 +280,7 @@ def plot_spectrum_evolution(ds):
     t = np.asarray(ds["t_omega"].values, dtype=float)
     lmax = int(ds.sizes["ell"]) - 1
     high = range(2, min(9, lmax) + 1)
-    greens = _green_shades(len(high))
+    greens = _high_ell_colours(len(high))
     for k, name in enumerate(_gradient_names(ds)):
         ls = _gradient_style(name, k)
         d = ds.sel(gradient=name)
@@ -295,7 +308,7 @@ def plot_spectrum_evolution(ds):
     ax.set_xlabel(r"backtracking time  $t\,\Omega$")
     ax.set_ylabel(r"angular power $\langle C_\ell\rangle$ of $\delta I$" "\n"
                   r"for $|\nabla n/n| = 1/L_c$  (scales as $|\nabla n/n|^2 L_c^2$)")
-    _steady_marker(ax, t)
+    marker = _steady_marker(ax, t)
     _add_time_axis(ax, _rl(ds))
     ax.grid(True, which="major", alpha=0.3)
 
@@ -305,7 +318,7 @@ def plot_spectrum_evolution(ds):
     ]
     if len(high):
         colour_handles.append(Line2D([], [], color=greens[len(greens) // 2], lw=1.5,
-                                     label=rf"$\langle C_\ell\rangle$, $\ell$ = 2..{high[-1]} (dark to light)"))
+                                     label=rf"$\langle C_\ell\rangle$, $\ell$ = 2..{high[-1]} (colour bar)"))
     colour_handles += [
         Line2D([], [], color="magenta", lw=2, label="standard-diffusion dipole\n"
                r"$C_1$ of $\langle\delta I\rangle$ (eq. 1.1)"),
@@ -316,24 +329,49 @@ def plot_spectrum_evolution(ds):
     style_handles = [Line2D([], [], color="0.3", ls=_gradient_style(n, k), lw=1.8, label=_gradient_text(ds, n))
                      for k, n in enumerate(_gradient_names(ds))]
     band = [_band_handle("standard error over\nrealisations")]
+    if marker:
+        band.append(Line2D([], [], color="0.6", lw=0.8, ls="--",
+                           label=rf"$t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state" "\n"
+                           "reached in the paper"))
     leg1 = fig.legend(handles=colour_handles, loc="upper left", bbox_to_anchor=(0.705, 0.84), fontsize=8.5,
                       title="colour: quantity", title_fontsize=9, frameon=False)
-    leg2 = fig.legend(handles=style_handles + band, loc="upper left", bbox_to_anchor=(0.705, 0.43), fontsize=8.5,
+    leg2 = fig.legend(handles=style_handles + band, loc="upper left", bbox_to_anchor=(0.705, 0.45), fontsize=8.5,
                       title="line style: gradient", title_fontsize=9, frameon=False)
     del leg1, leg2
+    if len(high):
+        _ell_colourbar(fig, [0.72, 0.065, 0.24, 0.018], high)
     fig.suptitle("Angular power spectrum against backtracking time (cf. Mertsch & Ahlers 2015, Fig. 2)",
                  fontsize=11, x=0.5, y=0.985)
     fig.text(0.5, 0.945, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
     return fig
 
 
-def _green_shades(n: int) -> list:
+#: Sequential colour map of the curves l = 2..9 in Fig. 2 (keyed by a colour bar).
+_HIGH_ELL_CMAP = "viridis"
+_HIGH_ELL_RANGE = (0.0, 0.85)  # leave out viridis' pale yellow end
+
+
+def _high_ell_colours(n: int) -> list:
     from matplotlib import colormaps
 
-    cmap = colormaps["Greens"]
     if n <= 0:
         return []
-    return [cmap(v) for v in np.linspace(0.95, 0.45, n)]
+    cmap = colormaps[_HIGH_ELL_CMAP]
+    return [cmap(v) for v in np.linspace(*_HIGH_ELL_RANGE, n)]
+
+
+def _ell_colourbar(fig, rect, ells) -> None:
+    """Discrete colour bar keying the ``l = 2..9`` curves of Fig. 2."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    ells = list(ells)
+    cmap = ListedColormap(_high_ell_colours(len(ells)))
+    norm = BoundaryNorm(np.arange(ells[0] - 0.5, ells[-1] + 1.0), cmap.N)
+    cax = fig.add_axes(rect)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal", ticks=ells)
+    cbar.set_label(r"multipole $\ell$ of the $\langle C_\ell\rangle$ curves", fontsize=8)
+    cbar.ax.tick_params(labelsize=7.5)
 
 
 def _band_handle(label: str, colour="0.5"):
@@ -349,11 +387,14 @@ def _clip_bottom(ax, decades: float = 9.0) -> None:
         ax.set_ylim(hi / 10.0**decades, hi)
 
 
-def _steady_marker(ax, t) -> None:
+def _steady_marker(ax, t) -> bool:
+    """The paper's ``t Omega = 100`` (steady state reached there) as a dashed line; whether drawn."""
     if t[0] < STEADY_STATE_T_OMEGA < t[-1]:
         ax.axvline(STEADY_STATE_T_OMEGA, color="0.6", lw=0.8, ls="--", zorder=0)
         ax.text(STEADY_STATE_T_OMEGA * 1.06, 0.03, r"$t\Omega$ = 100", transform=ax.get_xaxis_transform(),
                 fontsize=8, color="0.45", rotation=90, va="bottom")
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------
@@ -400,11 +441,48 @@ def plot_spectrum_shape(ds, times=None):
     l_curve = l_curve[l_curve <= lmax]
     for ax, name in zip(axes, names):
         _shape_panel(ax, ds, name, times, colours, l_curve)
-    state = ("snapshots in the steady state" if steady else
-             rf"no three snapshots past $t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state not reached")
     fig.suptitle("Shape of the angular power spectrum (cf. Mertsch & Ahlers 2015, Fig. 3)", fontsize=11, y=0.99)
-    fig.text(0.5, 0.94, f"{_run_label(ds)};  {state}", ha="center", fontsize=8.5, color="0.3")
+    fig.text(0.5, 0.95, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    steady_lines = textwrap.wrap(_steady_text(ds, names), int(17 * fig.get_figwidth()), break_long_words=False)
+    fig.text(0.5, 0.935, _mathtext("\n".join(steady_lines)), ha="center", va="top", fontsize=8, color="0.15")
     return fig
+
+
+def _steady_text(ds, names) -> str:
+    """What the analysis says about the steady state (its ``steady_state`` test), for Fig. 3.
+
+    A gradient is called steady only where the analysis' test passed; an analysis
+    without the test (older crsky) says so.
+    """
+    if "steady_state" not in ds:
+        return "steady state not tested (analysis of an older crsky: run crsky analyze again)"
+    statuses = {}
+    for part in str(ds.attrs.get("steady_state_status", "")).split("; "):
+        name, _, status = part.partition(": ")
+        statuses[name] = status
+    parts = []
+    for n in names:
+        status = statuses.get(n, "")
+        if int(ds["steady_state"].sel(gradient=n).values):
+            parts.append(f"{n}: steady")
+        else:
+            reason = status.partition(": ")[2] if status.startswith(("not steady:", "not tested:")) else status
+            parts.append(f"{n}: NOT steady ({reason})" if reason else f"{n}: NOT steady")
+    test = (f"steady-state test of the analysis (C_hat_l/C_hat_1, l = 2..{STEADY_LMAX}, last snapshot vs half its "
+            f"time, {STEADY_NSIGMA:g} sigma): ")
+    return test + "; ".join(parts)
+
+
+_MATHTEXT = {"C_hat_l/C_hat_1": r"$\hat C_\ell/\hat C_1$", "C_hat_l": r"$\hat C_\ell$", "C_hat_1": r"$\hat C_1$",
+             "noise_err_l": r"$\sigma_{\mathcal{N},\ell}$", "chi2/dof": r"$\chi^2$/dof", "t Omega": r"$t\Omega$",
+             "l >=": r"$\ell \geq$", "l =": r"$\ell$ =", "sigma": r"$\sigma$"}
+_MATHTEXT_RE = re.compile(r"(?<![\\\w])(" + "|".join(re.escape(k) for k in sorted(_MATHTEXT, key=len, reverse=True))
+                          + r")(?!\w)")
+
+
+def _mathtext(text: str) -> str:
+    """The analysis' plain-text words for estimators in mathtext, for figure labels (one pass)."""
+    return _MATHTEXT_RE.sub(lambda m: _MATHTEXT[m.group(1)], text)
 
 
 def _shape_panel(ax, ds, name: str, times, colours, l_curve) -> None:
@@ -438,7 +516,7 @@ def _shape_panel(ax, ds, name: str, times, colours, l_curve) -> None:
                               label=f"BGK eq. 4.7, p = {_frac(p)}"))
     p_fit = float(d["p_fit"].values)
     if math.isfinite(p_fit) and 0 < p_fit <= 1:
-        handles.append(_draw_fit(ax, d, t, lmax, l_curve))
+        handles.extend(_draw_fit(ax, d, t, lmax, l_curve))
     else:
         handles.append(Line2D([], [], color="none", label="no BGK fit at the last snapshot:\n"
                               + _fit_status(ds, name)))
@@ -504,7 +582,7 @@ def _fit_status(ds, name: str) -> str:
     for part in str(ds.attrs.get("fit_status", "")).split("; "):
         if part.startswith(f"{name}: "):
             status = part[len(name) + 2:]
-    return "\n".join(textwrap.wrap(status.replace("l >=", "$\\ell \\geq$"), 44))
+    return "\n".join(textwrap.wrap(_mathtext(status), 48, break_long_words=False))
 
 
 def _draw_fit(ax, d, t, lmax: int, l_curve):
@@ -512,7 +590,8 @@ def _draw_fit(ax, d, t, lmax: int, l_curve):
 
     The line is the analysis' ``fit_curve`` itself (``fit_norm`` times eq. 4.7 with
     ``p_fit``), so the figure shows exactly the fitted curve; both lines carry the gid
-    ``"bgk_fit"``.
+    ``"bgk_fit"``. Returns the legend handles: the fit (with its interval, flagged where
+    it is clipped at 0 or 1) and its band.
     """
     from matplotlib.lines import Line2D
 
@@ -533,13 +612,19 @@ def _draw_fit(ax, d, t, lmax: int, l_curve):
             solid_capstyle="butt", gid="bgk_fit")
     lo_p = float(d["p_lo"].values)
     hi_p = float(d["p_hi"].values)
+    band = None
     if math.isfinite(lo_p) and math.isfinite(hi_p) and hi_p > lo_p:
         ax.fill_between(l_curve, amp * ratio(lo_p), amp * ratio(hi_p), color="crimson", alpha=0.15, lw=0,
                         zorder=1.5)
-    edge = " (edge of 0 < p < 1)" if p_fit >= 1.0 - 1e-4 or p_fit <= 1e-4 else ""
-    label = (f"fit at $t\\Omega$ = {t[-1]:.3g}: p = {p_fit:.2f} $\\pm$ {p_err:.2f}{edge}\n"
-             f"free norm. A = {amp:.2g}; thick: fitted $\\ell$ = {lo_fit}..{hi_fit}")
-    return Line2D([], [], color="crimson", lw=2.0, label=label)
+        band = _band_handle(r"1$\sigma$ range of p ($\chi^2 = \chi^2_{min} + 1$), same A", colour="crimson")
+    flag = int(d["p_clipped"].values) if "p_clipped" in d else 0
+    interval = p_interval_text(p_fit, lo_p, hi_p, bool(flag & 1), bool(flag & 2))
+    chi2 = float(d["fit_chi2_dof"].values) if "fit_chi2_dof" in d else float("nan")
+    label = (f"fit at $t\\Omega$ = {t[-1]:.3g}: {interval}\n"
+             f"free norm. A = {amp:.2g}; thick: fitted $\\ell$ = {lo_fit}..{hi_fit}, $\\chi^2$/dof = {chi2:.2g}")
+    del p_err
+    handles = [Line2D([], [], color="crimson", lw=2.0, label=label)]
+    return handles + ([band] if band is not None else [])
 
 
 def _time_colours(n: int) -> list:
@@ -560,27 +645,8 @@ def _frac(p: float) -> str:
 # ---------------------------------------------------------------------------------
 # Sky maps
 # ---------------------------------------------------------------------------------
-def arrival_map(values) -> np.ndarray:
-    """Remap a HEALPix map (RING) from momentum directions ``p_i`` to arrival directions ``-p_i``.
-
-    Pixel ``i`` of the input belongs to the particle with momentum direction ``p_i``
-    (docs/conventions.md); it arrives from ``-p_i``, the centre of the antipodal pixel
-    (the HEALPix grid is symmetric under ``n -> -n``, so this is an exact permutation).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``out[antipode(i)] = values[i]``.
-    """
-    import healpy as hp
-
-    values = np.asarray(values)
-    nside = hp.npix2nside(values.shape[-1])
-    v = np.array(hp.pix2vec(nside, np.arange(values.shape[-1])))
-    anti = hp.vec2pix(nside, -v[0], -v[1], -v[2])
-    out = np.empty_like(values)
-    out[..., anti] = values
-    return out
+#: Remap a HEALPix map from momentum to arrival directions (the analysis' helper).
+arrival_map = arrival_direction_map
 
 
 def plot_sky_maps(ds, gradient: str | None = None):
@@ -737,11 +803,16 @@ def plot_diffusion(ds):
         ax.set_ylim(ymin / 2.0, ymax * 3.0)
     ax.set_xlabel(r"backtracking time  $t\,\Omega$")
     ax.set_ylabel(r"running diffusion coefficient  $\langle x_i x_j\rangle/(2T)$   [$L_c\,c$]")
-    _steady_marker(ax, t)
+    marker = _steady_marker(ax, t)
     _add_time_axis(ax, _rl(ds))
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(_band_handle("standard error over realisations"))
+    if marker:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.6", lw=0.8, ls="--",
+                              label=rf"$t\Omega$ = {STEADY_STATE_T_OMEGA:g}: steady state reached in the paper"))
     ax.legend(handles=handles, loc="upper left", fontsize=8.5, framealpha=0.9)
     last = (f"at $t\\Omega$ = {t[-1]:.3g}: $K_\\parallel$ = {float(ds['K_par'][-1]):.3g} $\\pm$ "
             f"{float(ds['K_par_err'][-1]):.2g}, $K_\\perp$ = {float(ds['K_perp'][-1]):.3g} $\\pm$ "
@@ -946,7 +1017,11 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
     list of pathlib.Path
         Every file written: ``fig2_spectrum_evolution``, ``fig3_spectrum_shape``,
         ``skymaps_<gradient>`` (``parallel`` when analysed), ``diffusion_coefficients``
-        and, with ``observed``, ``observed_comparison``, each in every format.
+        and, with ``observed``, ``observed_comparison``, each in every format. The
+        figure set is replaced: files of the stems crsky writes (:data:`FIGURE_STEMS`,
+        ``skymaps_*``) in PNG, PDF or ``formats`` that this call did not write (an
+        ``observed_comparison`` of an earlier ``--observed`` call) are removed, after the
+        new files are in place; nothing else in the directory is touched.
 
     Raises
     ------
@@ -984,7 +1059,23 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         emit(plot_diffusion(ds), "diffusion_coefficients")
         if obs_list:
             emit(plot_observed(ds, obs_list), "observed_comparison")
+    _remove_stale(out_dir, written, formats)
     return written
+
+
+def _remove_stale(out_dir: Path, written, formats) -> list[Path]:
+    """Remove the files of crsky's figure stems that this call did not write; return them."""
+    keep = {Path(p).name for p in written}
+    suffixes = {f".{fmt}" for fmt in (*_DEFAULT_FORMATS, *formats)}
+    removed = []
+    for path in sorted(out_dir.iterdir()):
+        stem, suffix = path.stem, path.suffix
+        owned = stem in FIGURE_STEMS or stem.startswith(_SKYMAP_PREFIX)
+        if owned and suffix in suffixes and path.name not in keep and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ Data flow, one way:
 - :mod:`~crsky.analysis.dataset`: the streaming pass over a run, the estimators in
   order, the assembly of the Dataset and ``analysis.nc``;
 - :mod:`~crsky.analysis.report`: ``summary.json`` and the terminal table, made from
-  the Dataset.
+  the Dataset;
+- :mod:`~crsky.analysis.sky`: what a pixel of a stored map is; arrival-direction maps.
 
 The figures (:mod:`crsky.plots`) read ``analysis.nc`` and nothing else. Definitions
 and units: docs/analysis.md; conventions: docs/conventions.md.
@@ -20,6 +21,7 @@ from .dataset import (
     ANALYSIS_FILE,
     AnalysisNotCurrentError,
     IncompleteEnsembleError,
+    TIME_DIM,
     RealisationSummary,
     analyze_run,
     load_analysis,
@@ -30,6 +32,8 @@ from .dataset import (
 )
 from .estimators import (
     FIT_NSIGMA,
+    STEADY_LMAX,
+    STEADY_NSIGMA,
     GRADIENT_PRESETS,
     NOISE_MODELS,
     component_maps,
@@ -41,8 +45,10 @@ from .estimators import (
     relative_intensity,
     resolve_gradients,
     shot_noise,
+    steady_state,
 )
 from .harmonics import anafast_options, angular_power, cross_spectra, sht_threads
+from .sky import HEALPIX_ORDERING, PIXEL_CONVENTION, arrival_direction_map, map_attributes
 from .report import SUMMARY_FILE, analyze, format_summary, read_summary, summary_dict, write_summary
 
 __all__ = [
@@ -78,4 +84,12 @@ __all__ = [
     "write_summary",
     "read_summary",
     "analyze",
+    "TIME_DIM",
+    "STEADY_LMAX",
+    "STEADY_NSIGMA",
+    "steady_state",
+    "HEALPIX_ORDERING",
+    "PIXEL_CONVENTION",
+    "arrival_direction_map",
+    "map_attributes",
 ]

@@ -39,6 +39,7 @@ from ..errors import InputError
 from ..store import RunDirError, RunStore, atomic_write_netcdf, new_analysis_id
 from . import estimators as est
 from .harmonics import anafast_options, binning_matrix, cross_spectra
+from .sky import map_attributes
 
 __all__ = [
     "ANALYSIS_FILE",
@@ -57,6 +58,8 @@ __all__ = [
     "write_analysis",
     "load_analysis",
     "load_current_analysis",
+    "upgrade_layout",
+    "TIME_DIM",
 ]
 
 ANALYSIS_FILE = "analysis.nc"
@@ -258,6 +261,7 @@ class Estimates:
     fits_relative: list
     fit_curves: np.ndarray
     skymaps: np.ndarray
+    steady: list
 
 
 def estimate(reduction: EnsembleReduction, T: np.ndarray, gradients: dict, K, npix: int,
@@ -296,16 +300,21 @@ def estimate(reduction: EnsembleReduction, T: np.ndarray, gradients: dict, K, np
                   for V, k in zip(reduction.map_components, reduction.map_times)])
         for g in range(len(names))
     ])  # (G, n_map_times, npix)
+    steady = [est.steady_state(reduction.t_omega, cl_hat[g], spectra.cl_err[g], noise_err[g])
+              for g in range(len(names))]
     return Estimates(names, T, tensors, K_map, K_source, weights, spectra, levels, noise_model, noise, noise_err,
-                     cl_hat, split, rules, fits, fits_rel, np.stack([est.fit_curve(f, lmax) for f in fits]), skymaps)
+                     cl_hat, split, rules, fits, fits_rel, np.stack([est.fit_curve(f, lmax) for f in fits]), skymaps,
+                     steady)
 
 
 # ---------------------------------------------------------------------------------
 # The Dataset
 # ---------------------------------------------------------------------------------
-_GT = ("gradient", "time")
-_GTL = ("gradient", "time", "ell")
-_TIJ = ("time", "i", "j")
+#: The snapshot dimension; its coordinate ``t_omega`` is indexed (``ds.sel(t_omega=...)``).
+TIME_DIM = "t_omega"
+_GT = ("gradient", TIME_DIM)
+_GTL = ("gradient", TIME_DIM, "ell")
+_TIJ = (TIME_DIM, "i", "j")
 _POWER = "1 (power of the dimensionless dI; scales as |g L_c|^2)"
 _NOISE_LONG = {"eq3.1": "shot noise N = (4 pi/N_pix) 2T K^s g g (eq. 3.1)",
                "relative": "shot noise N = (4 pi/N_pix) 2T K~^s g g (relative-diffusion variant of eq. 3.1)"}
@@ -316,19 +325,18 @@ def _tensor_variables(e: Estimates) -> dict:
     lc = "L_c c"
     return {
         "gradient_vector": (("gradient", "i"), e.weights.G, {"long_name": "gradient grad n / n", "units": "1/L_c"}),
-        "T": ("time", e.T, {"long_name": "backtracking time T = t_omega r_L", "units": "L_c/c"}),
         "K": (_TIJ, k.Ks, {"long_name": "running diffusion tensor K^s = <x_i x_j>/(2T)", "units": lc}),
         "K_err": (_TIJ, k.Ks_err, {"long_name": "standard error of K over realisations", "units": lc}),
         "K_rel": (_TIJ, k.Krel, {"long_name": "relative diffusion tensor K~^s (eq. 2.4)", "units": lc}),
         "K_rel_err": (_TIJ, k.Krel_err, {"long_name": "standard error of K_rel", "units": lc}),
-        "K_par": ("time", k.par, {"long_name": "K^s_zz (along B0)", "units": lc}),
-        "K_par_err": ("time", k.par_err, {"long_name": "standard error of K_par", "units": lc}),
-        "K_perp": ("time", k.perp, {"long_name": "(K^s_xx + K^s_yy)/2", "units": lc}),
-        "K_perp_err": ("time", k.perp_err, {"long_name": "standard error of K_perp", "units": lc}),
-        "K_rel_par": ("time", k.rel_par, {"long_name": "K~^s_zz", "units": lc}),
-        "K_rel_par_err": ("time", k.rel_par_err, {"long_name": "standard error of K_rel_par", "units": lc}),
-        "K_rel_perp": ("time", k.rel_perp, {"long_name": "(K~^s_xx + K~^s_yy)/2", "units": lc}),
-        "K_rel_perp_err": ("time", k.rel_perp_err, {"long_name": "standard error of K_rel_perp", "units": lc}),
+        "K_par": (TIME_DIM, k.par, {"long_name": "K^s_zz (along B0)", "units": lc}),
+        "K_par_err": (TIME_DIM, k.par_err, {"long_name": "standard error of K_par", "units": lc}),
+        "K_perp": (TIME_DIM, k.perp, {"long_name": "(K^s_xx + K^s_yy)/2", "units": lc}),
+        "K_perp_err": (TIME_DIM, k.perp_err, {"long_name": "standard error of K_perp", "units": lc}),
+        "K_rel_par": (TIME_DIM, k.rel_par, {"long_name": "K~^s_zz", "units": lc}),
+        "K_rel_par_err": (TIME_DIM, k.rel_par_err, {"long_name": "standard error of K_rel_par", "units": lc}),
+        "K_rel_perp": (TIME_DIM, k.rel_perp, {"long_name": "(K~^s_xx + K~^s_yy)/2", "units": lc}),
+        "K_rel_perp_err": (TIME_DIM, k.rel_perp_err, {"long_name": "standard error of K_rel_perp", "units": lc}),
         "K_map": (_TIJ, e.K_map, {"long_name": "diffusion tensor used in dI = [x - 3 K p].g", "units": lc,
                                   "source": e.K_source}),
     }
@@ -399,15 +407,31 @@ def _fit_variables(e: Estimates) -> dict:
         return ("gradient", np.array([getattr(f, field) for f in fits], dtype=dtype),
                 {"long_name": long_name, "units": "1"})
 
+    def clipped(fits, of):
+        return ("gradient", np.array([f.clipped_flag for f in fits], dtype=np.int8),
+                {"long_name": f"whether the 1-sigma interval of {of} ran into the boundary of 0 < p < 1 (that "
+                 "bound is then the boundary, not a measurement)", "units": "1",
+                 "flag_values": np.array([0, 1, 2, 3], dtype=np.int8),
+                 "flag_meanings": "not_clipped clipped_at_0 clipped_at_1 clipped_at_0_and_1"})
+
     fits, rel = e.fits, e.fits_relative
     return {
         "p_fit": per_gradient(fits, "p", "BGK exponent p fitted to C_hat_l/C_hat_1 at the last snapshot"),
         "p_err": per_gradient(fits, "p_err", "1-sigma error of p_fit"),
         "p_lo": per_gradient(fits, "p_lo", "lower 1-sigma bound of p"),
         "p_hi": per_gradient(fits, "p_hi", "upper 1-sigma bound of p"),
+        "p_clipped": clipped(fits, "p_fit"),
         "p_fit_relative": per_gradient(rel, "p", "BGK exponent p fitted to the relative part (cl_relative - N) "
                                        "at the last snapshot"),
         "p_err_relative": per_gradient(rel, "p_err", "1-sigma error of p_fit_relative"),
+        "p_lo_relative": per_gradient(rel, "p_lo", "lower 1-sigma bound of p_fit_relative"),
+        "p_hi_relative": per_gradient(rel, "p_hi", "upper 1-sigma bound of p_fit_relative"),
+        "p_clipped_relative": clipped(rel, "p_fit_relative"),
+        "fit_chi2_dof_relative": per_gradient(rel, "chi2_dof", "chi^2 per degree of freedom of p_fit_relative"),
+        "fit_lmin_relative": per_gradient(rel, "lmin", "smallest l in the fit of p_fit_relative (-1: no fit)",
+                                          np.int64),
+        "fit_lmax_relative": per_gradient(rel, "lmax", "largest l in the fit of p_fit_relative (-1: no fit)",
+                                          np.int64),
         "fit_chi2_dof": per_gradient(fits, "chi2_dof", "chi^2 per degree of freedom of the BGK fit"),
         "fit_lmin": per_gradient(fits, "lmin", "smallest l in the BGK fit (-1: no fit)", np.int64),
         "fit_lmax": per_gradient(fits, "lmax", "largest l in the BGK fit (-1: no fit)", np.int64),
@@ -418,13 +442,62 @@ def _fit_variables(e: Estimates) -> dict:
     }
 
 
-def _skymap_variables(e: Estimates) -> dict:
+def _skymap_variables(e: Estimates, nside: int) -> dict:
     return {
         "skymap": (("gradient", "map_time", "pixel"), e.skymaps, {
             "long_name": "dI = [x - 3 K_map p].g of one realisation (attribute skymap_realisation); pixel i is "
                          "the momentum direction p_i (HEALPix RING), the particle arrives from -p_i",
-            "units": "1"}),
+            "units": "1", **map_attributes(nside)}),
     }
+
+
+def _steady_variables(e: Estimates) -> dict:
+    st = e.steady
+    return {
+        "steady_state": ("gradient", np.array([int(s.steady) for s in st], dtype=np.int8), {
+            "long_name": f"whether C_hat_l/C_hat_1 (l = 2..{est.STEADY_LMAX}) at the last snapshot equals that at "
+                         f"half its time within {est.STEADY_NSIGMA:g} standard errors (docs/analysis.md, "
+                         "steady state)", "units": "1", "flag_values": np.array([0, 1], dtype=np.int8),
+            "flag_meanings": "not_steady_or_not_tested steady"}),
+        "steady_state_sigma": ("gradient", np.array([s.max_sigma for s in st]), {
+            "long_name": "largest difference of C_hat_l/C_hat_1 between the two snapshots of the steady-state "
+                         "test, in standard errors (NaN: not tested)", "units": "1"}),
+    }
+
+
+#: Code units of crsky (docs/conventions.md) -> what the netCDF ``units`` attribute says.
+#: udunits knows no L_c: every quantity is stored as a pure number in code units
+#: (``units = "1"``) and its code unit is named in ``code_units`` and ``comment``.
+_CODE_UNIT_COMMENT = ("stored in crsky code units: lengths in L_c (turbulence bend-over scale), speeds in c, so "
+                      "times in L_c/c and diffusion coefficients in L_c c (docs/conventions.md)")
+
+
+def _cf_units(attrs: dict) -> dict:
+    """``attrs`` with a udunits-valid ``units``: code units become ``"1"`` plus ``code_units``."""
+    unit = attrs.get("units")
+    if unit is None or unit == "1":
+        return attrs
+    out = dict(attrs)
+    if unit == _POWER:
+        out["units"] = "1"
+        out["comment"] = "power of the dimensionless dI for |g| = 1/L_c; scales as |g L_c|^2"
+        return out
+    out["units"] = "1"
+    out["code_units"] = unit
+    out["comment"] = _CODE_UNIT_COMMENT
+    return out
+
+
+def _flat_config_attrs(config) -> dict:
+    """``config_<section>_<key>`` attributes of the resolved configuration (None left out,
+    booleans as 0/1: netCDF has neither)."""
+    out = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            out[f"config_{section}_{key}"] = int(value) if isinstance(value, bool) else value
+    return out
 
 
 def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nside: int, npix: int,
@@ -439,16 +512,23 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
     lmax = reduction.spectra.shape[2] - 1
     used, expected = int(reduction.indices.size), int(config.ensemble.realisations)
     data = {**_tensor_variables(e), **_spectrum_variables(e), **_sum_rule_variables(e), **_fit_variables(e),
-            **_skymap_variables(e)}
+            **_skymap_variables(e, nside), **_steady_variables(e)}
+    data = {name: (dims, values, _cf_units(attrs)) for name, (dims, values, attrs) in data.items()}
+    component = {"units": "1", "comment": "Cartesian component in the simulation frame: B0 along +z"}
     coords = {
-        "gradient": ("gradient", np.array(e.names, dtype=object)),
-        "t_omega": ("time", np.asarray(reduction.t_omega, dtype=np.float64), {"long_name": "Omega T", "units": "1"}),
-        "ell": ("ell", np.arange(lmax + 1)),
-        "i": ("i", list(_COMPONENTS)),
-        "j": ("j", list(_COMPONENTS)),
-        "realisation": ("realisation", reduction.indices),
+        "gradient": ("gradient", np.array(e.names, dtype=object),
+                     {"long_name": "name of the density gradient g = grad n / n (vector: gradient_vector)"}),
+        TIME_DIM: (TIME_DIM, np.asarray(reduction.t_omega, dtype=np.float64),
+                   {"long_name": "backtracking time in gyro-phase, Omega T (Omega = c / r_L)", "units": "1"}),
+        "T": (TIME_DIM, e.T, _cf_units({"long_name": "backtracking time T = (Omega T) r_L / c", "units": "L_c/c"})),
+        "ell": ("ell", np.arange(lmax + 1), {"long_name": "multipole l of the angular power spectrum",
+                                             "units": "1"}),
+        "i": ("i", list(_COMPONENTS), {"long_name": "first tensor / vector component", **component}),
+        "j": ("j", list(_COMPONENTS), {"long_name": "second tensor component", **component}),
+        "realisation": ("realisation", reduction.indices, {"long_name": "realisation index (turbulent-field "
+                        "realisation; seeds SeedSequence([seed, index]))", "units": "1"}),
         "map_time": ("map_time", np.asarray(reduction.map_times, dtype=np.int64),
-                     {"long_name": "snapshot index (time) of the sky maps"}),
+                     {"long_name": "snapshot index (along t_omega) of the sky maps", "units": "1"}),
         "map_t_omega": ("map_time", np.asarray(reduction.t_omega, dtype=np.float64)[reduction.map_times],
                         {"long_name": "Omega T of the sky maps", "units": "1"}),
     }
@@ -471,7 +551,13 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
         "anafast": json.dumps(anafast_options(nside)),
         "fit_nsigma": float(fit_nsigma),
         "fit_status": "; ".join(f"{n}: {f.status}" for n, f in zip(e.names, e.fits)),
+        "fit_status_relative": "; ".join(f"{n}: {f.status}" for n, f in zip(e.names, e.fits_relative)),
+        "steady_state_status": "; ".join(f"{n}: {s.status}" for n, s in zip(e.names, e.steady)),
+        "Conventions": "CF-1.10",
+        "units_comment": _CODE_UNIT_COMMENT + "; a variable's code unit is its code_units attribute, its "
+                         "netCDF units are '1'",
         "skymap_realisation": int(reduction.map_realisation),
+        **_flat_config_attrs(config),
         **(extra_attrs or {}),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -531,9 +617,11 @@ def analyze_run(run_dir, gradients=None, K=None, lmax: int | None = None, progre
     Returns
     -------
     xarray.Dataset
-        Dimensions ``gradient``, ``time``, ``ell``, ``i``, ``j``, ``realisation``;
-        units in each variable's ``units`` attribute; the resolved configuration as
-        JSON in ``attrs["config"]``. See docs/analysis.md for the variables.
+        Dimensions ``gradient``, ``t_omega`` (indexed: ``ds.sel(t_omega=300,
+        method="nearest")``; ``T`` in ``L_c / c`` is a coordinate along it), ``ell``,
+        ``i``, ``j``, ``realisation``; CF attributes (``long_name``, udunits ``units``
+        "1" with the code unit in ``code_units``); the resolved configuration as JSON in
+        ``attrs["config"]`` and flat as ``config_<section>_<key>``. See docs/analysis.md for the variables.
 
     Raises
     ------
@@ -609,7 +697,18 @@ def load_analysis(path) -> xr.Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"no analysis file {path} (run `crsky analyze` first)")
     with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+        ds = ds.load()
+    return upgrade_layout(ds)
+
+
+def upgrade_layout(ds: xr.Dataset) -> xr.Dataset:
+    """An analysis of an older crsky (snapshot dimension ``time``, ``T`` a variable) in the
+    current layout: dimension ``t_omega`` (indexed) with the coordinate ``T``."""
+    if "time" in ds.dims and TIME_DIM not in ds.dims and TIME_DIM in ds.coords:
+        ds = ds.swap_dims({"time": TIME_DIM})
+    if "T" in ds.data_vars:
+        ds = ds.set_coords("T")
+    return ds
 
 
 #: Variables and attributes that an analysis file must have to be read by the report

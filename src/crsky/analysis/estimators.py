@@ -61,6 +61,11 @@ __all__ = [
     "fit_range",
     "fit_bgk",
     "fit_curve",
+    "p_interval_text",
+    "SteadyState",
+    "steady_state",
+    "STEADY_LMAX",
+    "STEADY_NSIGMA",
 ]
 
 #: Preset gradient directions ``grad n / n`` in ``1 / L_c`` (unit vectors).
@@ -561,8 +566,11 @@ class BGKFitResult:
     """The BGK fit of one gradient at one snapshot (dimensionless).
 
     ``p`` with its symmetrised error ``p_err`` and 1-sigma bounds ``p_lo``, ``p_hi``;
-    ``norm`` the fitted normalisation ``A`` of ``A C_l/C_1``; ``chi2_dof``; the fitted
-    multipoles ``lmin..lmax`` (-1 without a fit); ``status`` in words. NaN without a fit.
+    ``clipped_lo`` / ``clipped_hi``: the ``delta chi^2 = 1`` interval ran into the
+    boundary 0 / 1 of the ansatz's range, so that bound is the boundary, not a
+    measurement; ``norm`` the fitted normalisation ``A`` of ``A C_l/C_1``; ``chi2_dof``;
+    the fitted multipoles ``lmin..lmax`` (-1 without a fit); ``status`` in words (for
+    "no fit", why). NaN without a fit.
     """
 
     p: float = math.nan
@@ -574,6 +582,33 @@ class BGKFitResult:
     lmin: int = -1
     lmax: int = -1
     status: str = "no fit"
+    clipped_lo: bool = False
+    clipped_hi: bool = False
+
+    @property
+    def clipped_flag(self) -> int:
+        """0: interval not clipped, 1: clipped at 0, 2: clipped at 1, 3: both (CF flag)."""
+        return int(self.clipped_lo) + 2 * int(self.clipped_hi)
+
+    def interval_text(self) -> str:
+        """``p = 0.81 (0.42 .. 1, clipped at 1)``: best p and its 1-sigma interval, or why there is none."""
+        if not math.isfinite(self.p):
+            return self.status
+        return p_interval_text(self.p, self.p_lo, self.p_hi, self.clipped_lo, self.clipped_hi)
+
+
+def p_interval_text(p: float, p_lo: float, p_hi: float, clipped_lo: bool, clipped_hi: bool) -> str:
+    """``p = 0.81 (0.42 .. 1, clipped at 1)``: a fitted ``p`` with its 1-sigma interval, an
+    end that ran into the boundary of ``0 < p < 1`` written as that boundary and flagged.
+    The one formatting of the interval (table, figures)."""
+    def end(value, clipped, boundary):
+        if clipped:
+            return boundary
+        return f"{value:.2f}" if value is not None and math.isfinite(value) else "?"
+
+    clipped = [b for b, c in (("0", clipped_lo), ("1", clipped_hi)) if c]
+    note = f", clipped at {' and '.join(clipped)}" if clipped else ""
+    return f"p = {p:.2f} ({end(p_lo, clipped_lo, '0')} .. {end(p_hi, clipped_hi, '1')}{note})"
 
 
 def fit_range(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSIGMA) -> int:
@@ -601,11 +636,15 @@ def fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSI
     ``status`` (and warned about), never raised: it must not lose the analysis.
     """
     sigma = noise_sigma if sigma is None or not np.all(np.isfinite(sigma[1:])) else sigma
-    if cl_hat.size < 5 or not cl_hat[1] > 0:
-        return BGKFitResult(status="no fit (C_hat_1 <= 0 or lmax < 4)")
+    if cl_hat.size < 5:
+        return BGKFitResult(status=f"no fit: lmax = {cl_hat.size - 1} < 4 (3 multipoles l >= 2 are needed)")
+    if not cl_hat[1] > 0:
+        return BGKFitResult(status=f"no fit: C_hat_1 = {cl_hat[1]:.3g} <= 0 (dipole not above the shot noise)")
     lmax_fit = fit_range(cl_hat, noise_sigma, nsigma)
     if lmax_fit < 4:
-        return BGKFitResult(status=f"no fit (fewer than 3 multipoles l >= 2 with C_hat_l > {nsigma:g} sigma_noise)")
+        above = {1: "none", 2: "only l = 2"}.get(lmax_fit, f"only l = 2..{lmax_fit}")
+        return BGKFitResult(status=f"no fit: fewer than 3 multipoles l >= 2 above {nsigma:g} sigma of the noise "
+                            f"(C_hat_l > {nsigma:g} noise_err_l, {above})")
     ells = np.arange(2, lmax_fit + 1)
     ratio = cl_hat[ells] / cl_hat[1]
     # With a free normalisation fit_p absorbs the common factor C_hat_1 and its
@@ -617,10 +656,18 @@ def fit_bgk(cl_hat: np.ndarray, noise_sigma: np.ndarray, nsigma: float = FIT_NSI
         warnings.warn(f"BGK fit failed: {exc}", RuntimeWarning, stacklevel=2)
         return BGKFitResult(lmin=2, lmax=lmax_fit, status=f"fit failed: {exc}")
     boundary = " (p at the boundary of (0, 1))" if fit.at_boundary else ""
+    # fit_p clips an interval end that does not reach delta chi^2 = 1 inside (0, 1)
+    # to exactly 0 or 1 (bgk._delta_chi2_interval)
+    clipped_lo = bool(fit.interval_clipped and fit.p_lo <= 0.0)
+    clipped_hi = bool(fit.interval_clipped and fit.p_hi >= 1.0)
+    clip = [b for b, c in (("0", clipped_lo), ("1", clipped_hi)) if c]
+    clip_text = f", interval clipped at {' and '.join(clip)}" if clip else ""
     return BGKFitResult(
         p=float(fit.p), p_err=float(fit.p_err), p_lo=float(fit.p_lo), p_hi=float(fit.p_hi),
         chi2_dof=float(fit.chi2_dof), norm=float(fit.norm), lmin=int(fit.ell_min), lmax=int(fit.ell_max),
-        status=f"fitted l = {int(fit.ell_min)}..{int(fit.ell_max)}, chi2/dof = {float(fit.chi2_dof):.3g}{boundary}",
+        status=f"fitted l = {int(fit.ell_min)}..{int(fit.ell_max)}, chi2/dof = {float(fit.chi2_dof):.3g}"
+               f"{boundary}{clip_text}",
+        clipped_lo=clipped_lo, clipped_hi=clipped_hi,
     )
 
 
@@ -636,3 +683,86 @@ def fit_curve(fit: BGKFitResult, lmax: int) -> np.ndarray:
     if math.isfinite(fit.p):
         curve[1:] = fit.norm * bgk_ratio(fit.p, lmax)
     return curve
+
+
+# ---------------------------------------------------------------------------------
+# Steady state of the spectrum's shape
+# ---------------------------------------------------------------------------------
+#: Multipoles ``l = 2 .. STEADY_LMAX`` whose shape ``C_hat_l / C_hat_1`` is compared.
+STEADY_LMAX = 4
+#: Largest difference of the shape between the two snapshots, in standard errors.
+STEADY_NSIGMA = 2.0
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """The steady-state test of one gradient (:func:`steady_state`).
+
+    ``steady``: the test passed; ``tested``: the test could be made (enough snapshots,
+    multipoles above the noise); ``t_early``, ``t_late``: the two snapshots compared
+    (``Omega T``); ``max_sigma``: the largest difference of the shape in standard errors
+    (NaN if not tested); ``status`` in words.
+    """
+
+    steady: bool
+    tested: bool
+    t_early: float
+    t_late: float
+    max_sigma: float
+    status: str
+
+
+def steady_state(t_omega, cl_hat, cl_err, noise_err, lmax_test: int = STEADY_LMAX,
+                 nsigma: float = STEADY_NSIGMA) -> SteadyState:
+    """Whether the shape of the spectrum has stopped changing (one gradient).
+
+    The test: the shape ``r_l = C_hat_l / C_hat_1``, ``l = 2 .. lmax_test``, at the last
+    snapshot ``T_1`` and at the snapshot nearest ``T_1 / 2`` (in ``log T``) agrees within
+    ``nsigma`` combined standard errors at every ``l``; the errors are those of the BGK
+    fit, ``cl_err_l / C_hat_1`` (standard error over realisations), combined as if the
+    two snapshots were independent. They are positively correlated (the same
+    trajectories at two times), so the combined error is an overestimate and the test
+    errs towards "steady". The test is only made where ``C_hat_1 > 0`` and
+    ``C_hat_l > noise_err_l`` at both snapshots; otherwise the shape is not measured and
+    the result is "not steady".
+
+    Parameters
+    ----------
+    t_omega : array_like, shape (n_time,)
+        Snapshot times ``Omega T``.
+    cl_hat, cl_err, noise_err : array_like, shape (n_time, lmax + 1)
+        ``C_hat_l``, the standard error of ``<C_l>`` and the noise error (dimensionless).
+
+    Returns
+    -------
+    SteadyState
+    """
+    t = np.asarray(t_omega, dtype=np.float64)
+    cl_hat, cl_err, noise_err = (np.asarray(a, dtype=np.float64) for a in (cl_hat, cl_err, noise_err))
+    last = t.size - 1
+    top = min(int(lmax_test), cl_hat.shape[-1] - 1)
+    if t.size < 2 or top < 2:
+        return SteadyState(False, False, math.nan, float(t[-1]), math.nan,
+                           "not tested: needs 2 snapshots and lmax >= 2")
+    early = int(np.argmin(np.abs(np.log(t[:last] / (0.5 * t[last])))))
+    ells = np.arange(2, top + 1)
+    span = f"t Omega = {t[early]:.3g} and {t[last]:.3g}"
+    for k in (early, last):
+        if not cl_hat[k, 1] > 0 or not np.all(cl_hat[k, ells] > noise_err[k, ells]):
+            return SteadyState(False, False, float(t[early]), float(t[last]), math.nan,
+                               f"not steady: the shape (l = 2..{top}) is not above the noise at t Omega = {t[k]:.3g}")
+    r = cl_hat[:, ells] / cl_hat[:, 1:2]
+    e = cl_err[:, ells] / cl_hat[:, 1:2]
+    combined = np.hypot(e[early], e[last])
+    if not np.all(np.isfinite(combined)) or not np.all(combined > 0):
+        return SteadyState(False, False, float(t[early]), float(t[last]), math.nan,
+                           "not tested: no standard errors (one realisation)")
+    sig = np.abs(r[last] - r[early]) / combined
+    worst = float(sig.max())
+    if worst <= nsigma:
+        return SteadyState(True, True, float(t[early]), float(t[last]), worst,
+                           f"steady: C_hat_l/C_hat_1 (l = 2..{top}) equal at {span} within {nsigma:g} sigma "
+                           f"(largest difference {worst:.2g} sigma)")
+    return SteadyState(False, True, float(t[early]), float(t[last]), worst,
+                       f"not steady: C_hat_l/C_hat_1 changes between {span} (l = {int(ells[sig.argmax()])}: "
+                       f"{worst:.2g} sigma > {nsigma:g})")
