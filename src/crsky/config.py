@@ -164,6 +164,13 @@ class IntegrationConfig:
         Number of snapshots, log-spaced from ``t_min`` to ``t_max``.
     t_min : float
         ``Omega * T`` of the first snapshot.
+    extended_from : tuple of dict, optional
+        Set by ``crsky run --extend`` (docs/rundir.md, Extending a run): the
+        ``{"t_max": ..., "n_snapshots": ...}`` of the run before each extension,
+        oldest first. The snapshots are then those of the first stage (``t_min`` to
+        its ``t_max``) followed by each extension's, and a realisation is traced
+        stage by stage from the state at the end of the previous one
+        (:func:`crsky.simulate.snapshot_stages`). Absent for a run never extended.
     precision : str
         Field evaluation: ``float64`` (the reference) or ``mixed`` (float32
         polynomial cosine of phases reduced in float64: on the CPU from per-particle
@@ -176,6 +183,7 @@ class IntegrationConfig:
     n_snapshots: int = 40
     t_min: float = 0.1
     precision: str = "float64"
+    extended_from: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +338,14 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} = {value!r}: must be true or false, got {_type_name(value)}")
         return value
+    if expected == "tuple | None":  # [integration] extended_from: the stages before each extension
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, dict) and set(v) == {"t_max", "n_snapshots"} for v in value):
+            raise ConfigError(f"{where} = {value!r}: must be a list of {{t_max = ..., n_snapshots = ...}} "
+                              "tables (written by crsky run --extend)")
+        return tuple({"t_max": _check_type(section, f"{key} t_max", v["t_max"], "float"),
+                      "n_snapshots": _check_type(section, f"{key} n_snapshots", v["n_snapshots"], "int")}
+                     for v in value)
     if expected == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r}: must be a string, got {_type_name(value)}")
@@ -393,6 +409,7 @@ def _validate(cfg: RunConfig, strict: bool = True) -> RunConfig:
     _range(i.precision in FIELD_PRECISIONS, "integration", "precision", i.precision,
            "one of " + ", ".join(FIELD_PRECISIONS))
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
+    _check_stages(i)
     if strict:
         _check_steps(i)
         check_resonance(cfg)
@@ -435,6 +452,21 @@ def _check_steps(i: IntegrationConfig) -> None:
         f"<= {distinct}, the number of distinct steps dt = {i.dt!r} from t_min = {i.t_min!r} "
         f"to t_max = {i.t_max!r} (lower t_min or dt, or raise t_max)",
     )
+
+
+def _check_stages(i: IntegrationConfig) -> None:
+    """The stages of an extended run (``extended_from``): ``t_max`` and ``n_snapshots``
+    strictly increase from stage to stage and stay below the run's; each stage ends
+    on a whole step."""
+    previous_t, previous_n = i.t_min, 0
+    for stage in i.extended_from or ():
+        t, n = stage["t_max"], stage["n_snapshots"]
+        _range(previous_t <= t < i.t_max and abs(t / i.dt - round(t / i.dt)) <= 1e-6,
+               "integration", "extended_from t_max", t,
+               f"a whole number of steps dt = {i.dt!r} in [{previous_t}, t_max = {i.t_max}), increasing")
+        _range(previous_n < n < i.n_snapshots, "integration", "extended_from n_snapshots", n,
+               f"in ({previous_n}, n_snapshots = {i.n_snapshots}), increasing")
+        previous_t, previous_n = t, n
 
 
 def _resolve_particles(table: dict) -> dict:
