@@ -500,7 +500,9 @@ def check_extension(run_dir, t_max: float, given: RunConfig | None = None) -> tu
                           "continues each particle from its stored state, which needs 'float64' (rerun with "
                           "precision = 'float64' to extend later)")
     extension = store.extension()
-    if extension is not None and extension["t_max"] == t_max:
+    if extension is not None:
+        if extension["t_max"] != t_max:
+            raise store.extension_in_progress_error(extension)
         return store, stored, config_from_toml_text(extension["config"])  # resume it
     done, total = len(store.completed()), stored.ensemble.realisations
     if done < total:

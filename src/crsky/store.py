@@ -854,9 +854,7 @@ class RunStore:
             manifest = self.manifest()
             extension = manifest.get("extension")
             if extension is not None and extension["config_sha256"] != digest:
-                raise RunDirError(
-                    f"an extension of {self.path} to t_max = {extension['t_max']:g} is in progress; finish it "
-                    f"first (`crsky run --out {self.path} --extend {extension['t_max']:g}`), then extend further")
+                raise self.extension_in_progress_error(extension)
             if extension is None:
                 extension = {"config_sha256": digest, "config": config.to_toml(),
                              "from_config_sha256": manifest["config_sha256"],
@@ -891,6 +889,12 @@ class RunStore:
             if changed:
                 self._write_manifest(manifest)
             return [j for j in range(config.ensemble.realisations) if str(j) not in recorded]
+
+    def extension_in_progress_error(self, extension: dict) -> RunDirError:
+        """The refusal of another extension while ``extension`` is in progress."""
+        return RunDirError(
+            f"an extension of {self.path} to t_max = {extension['t_max']:g} is in progress; finish it first "
+            f"(`crsky run --out {self.path} --extend {extension['t_max']:g}`), then extend further")
 
     def record_extended(self, index: int, record: dict) -> None:
         """Record realisation ``index`` of the extension in progress as written (driver only)."""
