@@ -17,6 +17,12 @@ where a task runs:
 ``dask``
     ``dask.distributed.Client.get_executor()``; one realisation per task.
 
+Extending. :func:`extend_run` continues a complete run to a later ``t_max`` with the
+same loop and executors; each task (:func:`extend_realisations`) reads a realisation,
+continues it from its last snapshot and writes the whole extended file into
+``extending/``; the run switches to the extended files only when all are there
+(docs/rundir.md, Extending a run).
+
 Stopping. SIGINT and SIGTERM raise :class:`RunInterrupted` in the driver: queued
 tasks are cancelled, the local worker processes are terminated (each removes the
 temporary file it was writing; one that does not exit within
@@ -39,20 +45,20 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 import numba
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
 from .backends import resolve_backend
-from .config import RunConfig, config_from_toml_text
+from .config import RunConfig, check_resources, config_from_toml_text
 from .errors import InputError
 from .scheduler import CONNECT_TIMEOUT_S, check_scheduler_address, connect_scheduler
 from .simulate import batch_size, continue_realisations, extend_config, simulate_realisations
-from .store import RunDirError, RunStore, realisation_dataset
+from .store import EXTENDING, RunDirError, RunStore, realisation_dataset
 
 __all__ = [
     "compute_realisations",
@@ -558,7 +564,11 @@ def extend_run(
         raise InputError(f"workers = {workers}: must be >= 1")
     if scheduler is not None:
         check_scheduler_address(scheduler)
-    check_extension(run_dir, t_max, given)  # bad input before the lock file is touched
+    # Bad input before the lock file is touched; the extended files are written next to
+    # the old ones until the commit, so their whole size must fit on the disk.
+    _, _, extended = check_extension(run_dir, t_max, given)
+    local = 1 if scheduler is not None else max(1, local_worker_count(workers, extended.ensemble.realisations)[0])
+    check_resources(extended, Path(run_dir) / EXTENDING, workers=local)
     backend = resolve_backend(backend)
     store = RunStore(run_dir)
     with _signals_raise_interrupted(), contextlib.ExitStack() as stack:
