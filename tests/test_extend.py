@@ -381,3 +381,34 @@ def test_the_runs_own_config_may_be_given(tiny_run, tmp_path):
     assert RunStore.existing(run).config().integration.t_max == 40.0
     with pytest.raises(RunDirError, match="different configuration"):
         extend_run(run, 80.0, resolve_config({**TINY, "particles": {"nside": 2}}), backend="cpu", progress=False)
+
+
+def test_resume_adopts_sets_aside_and_cleans_staged_files_and_force_removes_them(tiny_run, tiny_extended,
+                                                                                 tmp_path):
+    """A resumed extension keeps what proves itself, recomputes the rest, and --force
+    removes everything crsky wrote in extending/."""
+    from crsky.ensemble import extend_realisations
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    store = RunStore(run)
+    config = extend_config(store.config(), 60.0)
+    with store.lock():
+        store.begin_extension(config)
+        records = extend_realisations(str(run), config.to_toml(), [0, 1], "cpu")
+        store.record_extended(0, records[0])  # 1: written, not recorded (killed before the record)
+    damaged = store.extension_path(0)
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # recorded but truncated
+    (run / EXTENDING / "r000001.nc.x1y2z3.tmp").write_bytes(b"abandoned")
+    extend_run(run, 60.0, backend="cpu", progress=False)
+    a, b = RunStore.existing(run), RunStore.existing(tiny_extended)
+    assert a.manifest()["realisations"]["1"].get("adopted") is True
+    for j in range(2):
+        assert a.read_realisation(j)["x"].values.tobytes() == b.read_realisation(j)["x"].values.tobytes()
+    left = sorted(f.name for f in (run / EXTENDING).iterdir())  # only the set-aside file, kept for inspection
+    assert len(left) == 1 and left[0].startswith("r000000.nc.bad-")
+    (run / EXTENDING / "mine.txt").write_text("a user's file")
+    (tmp_path / "c.toml").write_text(TINY_TOML)
+    assert main(["run", str(tmp_path / "c.toml"), "--out", str(run), "--force", "--backend", "cpu", "--quiet"]) == 0
+    assert sorted(f.name for f in (run / EXTENDING).iterdir()) == ["mine.txt"]
+    assert RunStore.existing(run).config() == resolve_config(TINY)
