@@ -342,7 +342,7 @@ def _not_a_run(tmp_path, _):
     ("run", ["--extend", "inf"], "must be a positive, finite t Omega"),
     ("run", ["--extend", "1e12"], "must be <= 1e+09"),
     ("run", ["--extend", "40", "--force"], "--force cannot be combined with --extend"),
-    ("other", ["--extend", "40"], "[ensemble] seed: stored 5, given 6"),
+    ("other", ["--extend", "40"], "[ensemble] seed: stored 5, requested 6"),
     ("float32", ["--extend", "40"], "precision = 'float32'"),
     ("incomplete", ["--extend", "40"], "is incomplete (1/2 realisations); finish it first"),
     ("not_a_run", ["--extend", "40"], "is not a crsky run directory"),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import dataclasses
 import functools
 import os
 import platform
@@ -58,7 +59,7 @@ from .config import RunConfig, check_resources, config_from_toml_text
 from .errors import InputError
 from .scheduler import CONNECT_TIMEOUT_S, check_scheduler_address, connect_scheduler
 from .simulate import batch_size, continue_realisations, extend_config, simulate_realisations
-from .store import EXTENDING, RunDirError, RunStore, realisation_dataset
+from .store import EXTENDING, RunDirError, RunStore, config_difference, realisation_dataset
 
 __all__ = [
     "compute_realisations",
@@ -490,17 +491,13 @@ def check_extension(run_dir, t_max: float, given: RunConfig | None = None) -> tu
     store = RunStore.existing(run_dir)  # not a run, damaged, an interrupted commit to another t_max
     stored = store.config()
     if given is not None:
-        mine, theirs = stored.physics_dict(), given.physics_dict()
-        for table in (mine, theirs):
-            for key in ("t_max", "n_snapshots", "extended_from"):
-                table["integration"].pop(key, None)
-        if mine != theirs:
-            diffs = [f"[{section}] {key}: stored {mine[section].get(key)!r}, given {theirs[section].get(key)!r}"
-                     for section in mine for key in sorted(set(mine[section]) | set(theirs.get(section, {})))
-                     if mine[section].get(key) != theirs.get(section, {}).get(key)]
+        i = stored.integration
+        given = dataclasses.replace(given, integration=dataclasses.replace(
+            given.integration, t_max=i.t_max, n_snapshots=i.n_snapshots, extended_from=i.extended_from))
+        if given.digest() != stored.digest():
             raise RunDirError(f"run directory {store.path} holds a run of a different configuration "
-                              f"({'; '.join(diffs[:3])}); --extend continues the run as it is: give no CONFIG "
-                              "or the run's own")
+                              f"({config_difference(stored, given)}); --extend continues the run as it is: "
+                              "give no CONFIG or the run's own")
     if stored.output.precision != "float64":
         raise RunDirError(f"run {store.path} stores [output] precision = {stored.output.precision!r}; --extend "
                           "continues each particle from its stored state, which needs 'float64' (rerun with "

@@ -597,7 +597,7 @@ class RunStore:
             if (p / CONFIG).exists():
                 stored = store.config()
                 if stored.digest() != config.digest():
-                    diff = _config_difference(stored, config)
+                    diff = config_difference(stored, config)
                     raise RunDirError(
                         f"run directory {p} holds a run of a different configuration ({diff}); "
                         "use another --out, or --force to delete that run and start over")
@@ -1205,7 +1205,8 @@ def _is_crsky_figure(path: Path) -> bool:
         return False
 
 
-def _config_difference(a: RunConfig, b: RunConfig) -> str:
+def config_difference(a: RunConfig, b: RunConfig) -> str:
+    """The first keys in which ``b`` (requested) differs from ``a`` (stored), one line."""
     da, db = a.to_dict(), b.to_dict()
     diffs = []
     for section in da:
