@@ -114,6 +114,23 @@ def test_extended_config_round_trips_and_a_run_never_extended_keeps_its_digest()
     assert dataclasses.replace(extended, integration=config.integration).digest() == config.digest()
 
 
+@pytest.mark.parametrize("stages, message", [
+    ({"t_max": 4.0, "n_snapshots": 30, "extended_from": [{"t_max": 2.0, "n_snapshots": 3}]},
+     "[integration] n_snapshots = 30: must be more than 3 (the stage before), at most 23"),
+    ({"t_max": 4.0, "n_snapshots": 5, "extended_from": [{"t_max": 2.0, "n_snapshots": 25}]},
+     "extended_from n_snapshots = 25: must be more than 0 (the stage before), at most 20"),
+    ({"t_max": 4.0, "n_snapshots": 5, "extended_from": [{"t_max": 2.05, "n_snapshots": 3}]},
+     "extended_from t_max = 2.05: must be a whole number of steps"),
+    ({"t_max": 4.0, "n_snapshots": 5, "extended_from": [{"t_max": 4.0, "n_snapshots": 3}]},
+     "[integration] t_max = 4.0: must be a whole number of steps dt = 0.1 after 4.0"),
+    ({"t_max": 4.0, "n_snapshots": 5, "extended_from": [{"t_max": 2.0}]}, "must be a list of {t_max = ..."),
+])
+def test_config_refuses_inconsistent_stages(stages, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"integration": stages})
+    assert message in str(info.value)
+
+
 @pytest.mark.parametrize("t_max, message", [
     (20.0, "later than the run's t_max = 20"),
     (10.0, "later than the run's t_max = 20"),

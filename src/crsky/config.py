@@ -457,15 +457,23 @@ def _check_steps(i: IntegrationConfig) -> None:
 def _check_stages(i: IntegrationConfig) -> None:
     """The stages of an extended run (``extended_from``): ``t_max`` and ``n_snapshots``
     strictly increase from stage to stage and stay below the run's; each stage ends
-    on a whole step."""
+    on a whole step, and its snapshots fit on distinct steps."""
+    if not i.extended_from:
+        return
+    stages = (*i.extended_from, {"t_max": i.t_max, "n_snapshots": i.n_snapshots})
     previous_t, previous_n = i.t_min, 0
-    for stage in i.extended_from or ():
+    for k, stage in enumerate(stages):
         t, n = stage["t_max"], stage["n_snapshots"]
-        _range(previous_t <= t < i.t_max and abs(t / i.dt - round(t / i.dt)) <= 1e-6,
-               "integration", "extended_from t_max", t,
-               f"a whole number of steps dt = {i.dt!r} in [{previous_t}, t_max = {i.t_max}), increasing")
-        _range(previous_n < n < i.n_snapshots, "integration", "extended_from n_snapshots", n,
-               f"in ({previous_n}, n_snapshots = {i.n_snapshots}), increasing")
+        name = "" if k == len(stages) - 1 else "extended_from "
+        later = previous_t <= t if k == 0 else previous_t < t
+        _range(later and t <= i.t_max and abs(t / i.dt - round(t / i.dt)) <= 1e-6, "integration", f"{name}t_max",
+               t, f"a whole number of steps dt = {i.dt!r} after {previous_t}, at most t_max = {i.t_max}")
+        # the first stage starts at t_min's step (inclusive), each later one after the previous t_max
+        first = max(1, round(previous_t / i.dt)) - 1 if k == 0 else round(previous_t / i.dt)
+        room = round(t / i.dt) - first
+        _range(previous_n < n <= i.n_snapshots and n - previous_n <= room, "integration", f"{name}n_snapshots", n,
+               f"more than {previous_n} (the stage before), at most {previous_n + room} (one per step up to "
+               f"t_max = {t:g})")
         previous_t, previous_n = t, n
 
 
