@@ -673,7 +673,8 @@ class RunStore:
         ``rNNNNNN.nc``, their quarantined ``.bad-*`` copies and temporary files; in
         ``figures/`` the figures crsky names and marks (PNG ``Software: crsky``, PDF
         ``Creator (crsky)``) and their temporary files; in ``extending/`` what
-        ``realisations/`` may hold; then the sub-directories if empty. The lock file stays (it is held). Call with the exclusive lock held.
+        ``realisations/`` may hold; then the sub-directories if empty. The lock
+        file stays (it is held). Call with the exclusive lock held.
         """
         if not self.holds_lock(exclusive=True):
             raise RuntimeError("remove_own_files needs the exclusive lock")
