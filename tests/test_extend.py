@@ -103,6 +103,16 @@ def test_extension_keeps_the_snapshot_density_per_decade_of_the_first_stage():
     assert np.all(np.diff(steps) > 0) and times[-1] == 3000.0
 
 
+def test_a_run_never_extended_keeps_its_schedule():
+    for cfg in ({}, {"integration": {"t_max": 300.0, "n_snapshots": 24}}, TINY):
+        integ = resolve_config(cfg).integration
+        stages = snapshot_stages(integ)
+        assert len(stages) == 1
+        expected = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
+        for got, want in zip(run_schedule(integ), expected):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_extended_config_round_trips_and_a_run_never_extended_keeps_its_digest():
     config = resolve_config(TINY)
     extended = extend_config(config, 60.0)
