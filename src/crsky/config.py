@@ -161,7 +161,8 @@ class IntegrationConfig:
     t_max : float
         ``Omega * T`` of the last snapshot.
     n_snapshots : int
-        Number of snapshots, log-spaced from ``t_min`` to ``t_max``.
+        Number of snapshots, log-spaced from ``t_min`` to ``t_max`` (of all stages,
+        for an extended run).
     t_min : float
         ``Omega * T`` of the first snapshot.
     extended_from : tuple of dict, optional
@@ -343,9 +344,10 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
                 isinstance(v, dict) and set(v) == {"t_max", "n_snapshots"} for v in value):
             raise ConfigError(f"{where} = {value!r}: must be a list of {{t_max = ..., n_snapshots = ...}} "
                               "tables (written by crsky run --extend)")
-        return tuple({"t_max": _check_type(section, f"{key} t_max", v["t_max"], "float"),
-                      "n_snapshots": _check_type(section, f"{key} n_snapshots", v["n_snapshots"], "int")}
-                     for v in value)
+        stages = tuple({"t_max": _check_type(section, f"{key} t_max", v["t_max"], "float"),
+                        "n_snapshots": _check_type(section, f"{key} n_snapshots", v["n_snapshots"], "int")}
+                       for v in value)
+        return stages or None  # none: a run never extended, whose digest does not see the key
     if expected == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r}: must be a string, got {_type_name(value)}")
