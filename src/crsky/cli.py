@@ -95,9 +95,14 @@ def _analysis_gradients(extra) -> dict | None:
     return gradients
 
 
-def _cmd_run(args) -> int:
-    from .config import LARGE_RUN_BYTES, check_resources, load_config
-    from .ensemble import run_ensemble
+def _t_omega(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (t Omega)") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite t Omega")
+    return value
 
 
 def _executor_options(args) -> dict:
@@ -131,10 +136,29 @@ def _local_workers(args, config) -> int:
     return 1 if args.scheduler else max(1, local_worker_count(args.workers, config.ensemble.realisations)[0])
 
 
+def _cmd_extend(args) -> int:
+    """``crsky run --out RUN --extend T_MAX [CONFIG]`` (docs/rundir.md, Extending a run)."""
+    from .config import load_config
+    from .ensemble import extend_run
+
+    if args.force:
+        raise UsageError("--force cannot be combined with --extend (extending keeps every realisation)")
+    given = load_config(args.config, preset=args.preset) if args.config else None
+    options = _executor_options(args)
+    store = extend_run(args.out, args.extend, given, backend=args.backend, progress=not args.quiet, **options)
+    config = store.config()
+    print(f"crsky run: {len(store.completed())}/{config.ensemble.realisations} realisations extended to "
+          f"t Omega = {config.integration.t_max:g} ({config.integration.n_snapshots} snapshots) in {store.path}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .config import LARGE_RUN_BYTES, check_resources, describe_physical, load_config, physics_warnings
     from .ensemble import run_ensemble
     from .store import RunStore
+
+    if args.extend is not None:
+        return _cmd_extend(args)
 
     config = load_config(args.config, preset=args.preset)  # refuses unresolved resonant scales
     options = _executor_options(args)
@@ -305,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
                      "files are kept) and run anew (docs/rundir.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--extend", type=_t_omega, metavar="T_MAX",
+                     help="continue the complete run in --out to t Omega = T_MAX (a whole number of steps, later "
+                     "than its t_max; float64 output), adding log-spaced snapshots; CONFIG, if given, must be the "
+                     "run's own; resumable like a run (docs/rundir.md)")
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser(

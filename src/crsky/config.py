@@ -161,9 +161,17 @@ class IntegrationConfig:
     t_max : float
         ``Omega * T`` of the last snapshot.
     n_snapshots : int
-        Number of snapshots, log-spaced from ``t_min`` to ``t_max``.
+        Number of snapshots, log-spaced from ``t_min`` to ``t_max`` (of all stages,
+        for an extended run).
     t_min : float
         ``Omega * T`` of the first snapshot.
+    extended_from : tuple of dict, optional
+        Set by ``crsky run --extend`` (docs/rundir.md, Extending a run): the
+        ``{"t_max": ..., "n_snapshots": ...}`` of the run before each extension,
+        oldest first. The snapshots are then those of the first stage (``t_min`` to
+        its ``t_max``) followed by each extension's, and a realisation is traced
+        stage by stage from the state at the end of the previous one
+        (:func:`crsky.simulate.snapshot_stages`). Absent for a run never extended.
     precision : str
         Field evaluation: ``float64`` (the reference) or ``mixed`` (float32
         polynomial cosine of phases reduced in float64: on the CPU from per-particle
@@ -176,6 +184,7 @@ class IntegrationConfig:
     n_snapshots: int = 40
     t_min: float = 0.1
     precision: str = "float64"
+    extended_from: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +339,15 @@ def _check_type(section: str, key: str, value: Any, expected: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} = {value!r}: must be true or false, got {_type_name(value)}")
         return value
+    if expected == "tuple | None":  # [integration] extended_from: the stages before each extension
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, dict) and set(v) == {"t_max", "n_snapshots"} for v in value):
+            raise ConfigError(f"{where} = {value!r}: must be a list of {{t_max = ..., n_snapshots = ...}} "
+                              "tables (written by crsky run --extend)")
+        stages = tuple({"t_max": _check_type(section, f"{key} t_max", v["t_max"], "float"),
+                        "n_snapshots": _check_type(section, f"{key} n_snapshots", v["n_snapshots"], "int")}
+                       for v in value)
+        return stages or None  # none: a run never extended, whose digest does not see the key
     if expected == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r}: must be a string, got {_type_name(value)}")
@@ -393,6 +411,7 @@ def _validate(cfg: RunConfig, strict: bool = True) -> RunConfig:
     _range(i.precision in FIELD_PRECISIONS, "integration", "precision", i.precision,
            "one of " + ", ".join(FIELD_PRECISIONS))
     _range(i.dt <= i.t_min, "integration", "dt", i.dt, f"<= t_min = {i.t_min} (the first snapshot)")
+    _check_stages(i)
     if strict:
         _check_steps(i)
         check_resonance(cfg)
@@ -435,6 +454,29 @@ def _check_steps(i: IntegrationConfig) -> None:
         f"<= {distinct}, the number of distinct steps dt = {i.dt!r} from t_min = {i.t_min!r} "
         f"to t_max = {i.t_max!r} (lower t_min or dt, or raise t_max)",
     )
+
+
+def _check_stages(i: IntegrationConfig) -> None:
+    """The stages of an extended run (``extended_from``): ``t_max`` and ``n_snapshots``
+    strictly increase from stage to stage and stay below the run's; each stage ends
+    on a whole step, and its snapshots fit on distinct steps."""
+    if not i.extended_from:
+        return
+    stages = (*i.extended_from, {"t_max": i.t_max, "n_snapshots": i.n_snapshots})
+    previous_t, previous_n = i.t_min, 0
+    for k, stage in enumerate(stages):
+        t, n = stage["t_max"], stage["n_snapshots"]
+        name = "" if k == len(stages) - 1 else "extended_from "
+        later = previous_t <= t if k == 0 else previous_t < t
+        _range(later and t <= i.t_max and abs(t / i.dt - round(t / i.dt)) <= 1e-6, "integration", f"{name}t_max",
+               t, f"a whole number of steps dt = {i.dt!r} after {previous_t}, at most t_max = {i.t_max}")
+        # the first stage starts at t_min's step (inclusive), each later one after the previous t_max
+        first = max(1, round(previous_t / i.dt)) - 1 if k == 0 else round(previous_t / i.dt)
+        room = round(t / i.dt) - first
+        _range(previous_n < n <= i.n_snapshots and n - previous_n <= room, "integration", f"{name}n_snapshots", n,
+               f"more than {previous_n} (the stage before), at most {previous_n + room} (one per step up to "
+               f"t_max = {t:g})")
+        previous_t, previous_n = t, n
 
 
 def _resolve_particles(table: dict) -> dict:

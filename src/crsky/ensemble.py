@@ -17,6 +17,12 @@ where a task runs:
 ``dask``
     ``dask.distributed.Client.get_executor()``; one realisation per task.
 
+Extending. :func:`extend_run` continues a complete run to a later ``t_max`` with the
+same loop and executors; each task (:func:`extend_realisations`) reads a realisation,
+continues it from its last snapshot and writes the whole extended file into
+``extending/``; the run switches to the extended files only when all are there
+(docs/rundir.md, Extending a run).
+
 Stopping. SIGINT and SIGTERM raise :class:`RunInterrupted` in the driver: queued
 tasks are cancelled, the local worker processes are terminated (each removes the
 temporary file it was writing; one that does not exit within
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import dataclasses
+import functools
 import os
 import platform
 import signal
@@ -37,21 +45,28 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numba
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
 from .backends import resolve_backend
-from .config import RunConfig, config_from_toml_text
+from .config import RunConfig, check_resources, config_from_toml_text
 from .errors import InputError
 from .scheduler import CONNECT_TIMEOUT_S, check_scheduler_address, connect_scheduler
-from .simulate import batch_size, simulate_realisations
-from .store import RunStore, realisation_dataset
+from .simulate import batch_size, continue_realisations, extend_config, simulate_realisations
+from .store import EXTENDING, RunDirError, RunStore, config_difference, realisation_dataset
 
 __all__ = [
     "compute_realisations",
+    "extend_realisations",
     "run_ensemble",
+    "extend_run",
+    "check_extension",
     "RunInterrupted",
     "SerialExecutor",
     "local_worker_count",
@@ -112,6 +127,42 @@ def compute_realisations(run_dir: str, config_toml: str, indices: list[int], bac
         )
         record = store.write_realisation(ds, result.index)
         record.update(seconds=result.seconds, backend=result.backend)
+        records[result.index] = record
+    return records
+
+
+def extend_realisations(run_dir: str, config_toml: str, indices: list[int], backend: str) -> dict[int, dict]:
+    """Extend realisations ``indices`` of the run in ``run_dir`` to the extended
+    configuration ``config_toml``; write each into ``extending/``; return their records.
+
+    Each realisation is read back verified (its manifest record, the run's current
+    configuration), continued from its last snapshot (float64 ``x``, ``p``) through
+    the configuration's last stage (:func:`crsky.simulate.continue_realisations`),
+    and written whole: every stored snapshot, bit for bit, then the new ones. A plain
+    function of picklable arguments, like :func:`compute_realisations`.
+    """
+    config = config_from_toml_text(config_toml)
+    store = RunStore(run_dir)
+    stored = [store.read_realisation(j) for j in indices]
+    last_t = config.integration.extended_from[-1]["t_max"]
+    for j, ds in zip(indices, stored):
+        if ds["x"].dtype != np.float64 or ds["p"].dtype != np.float64:
+            raise RunDirError(f"realisation {j} stores {ds['x'].dtype} positions; extending needs float64")
+        if not np.isclose(ds["t_omega"].values[-1], last_t, rtol=1e-12, atol=0.0):
+            raise RunDirError(f"realisation {j} ends at t Omega = {ds['t_omega'].values[-1]:g}, not at the "
+                              f"run's t_max = {last_t:g}")
+    results = continue_realisations(config, indices, np.stack([ds["x"].values[-1] for ds in stored]),
+                                    np.stack([ds["p"].values[-1] for ds in stored]), backend)
+    records = {}
+    for ds, result in zip(stored, results):
+        seconds = float(ds.attrs.get("seconds", 0.0)) + result.seconds
+        extended = realisation_dataset(
+            config, result.index, np.concatenate([ds["t_omega"].values, result.t_omega]),
+            np.concatenate([ds["x"].values, result.x]), np.concatenate([ds["p"].values, result.p]),
+            attrs={"backend": result.backend, "seconds": seconds},
+        )
+        record = store.write_realisation(extended, result.index, extension=True)
+        record.update(seconds=seconds, backend=result.backend)
         records[result.index] = record
     return records
 
@@ -178,13 +229,14 @@ def _init_worker(threads: int, parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="crsky-parent-watch", daemon=True).start()
 
 
-def _worker_task(run_dir: str, config_toml: str, indices: list[int], backend: str) -> dict[int, dict]:
-    """:func:`compute_realisations` in a local worker: SIGTERM ends the process once
-    the task has cleaned up after itself, never returning a partial result."""
+def _worker_task(task, run_dir: str, config_toml: str, indices: list[int], backend: str) -> dict[int, dict]:
+    """``task`` (:func:`compute_realisations`, :func:`extend_realisations`) in a local
+    worker: SIGTERM ends the process once the task has cleaned up after itself, never
+    returning a partial result."""
     global _worker_in_task
     _worker_in_task = True
     try:
-        return compute_realisations(run_dir, config_toml, indices, backend)
+        return task(run_dir, config_toml, indices, backend)
     except _WorkerStop:
         os._exit(128 + signal.SIGTERM)
     finally:
@@ -395,7 +447,9 @@ def run_ensemble(
                 client = connect_scheduler(scheduler, connect_timeout)
                 stack.callback(client.close)
             store = RunStore.open(run_dir, config, force=force)
-            _run_pending(store, config, backend, workers, client, scheduler, progress)
+            job = _Job(compute_realisations, store.pending(config.ensemble.realisations), store.record,
+                       lambda: len(store.completed()))
+            _run_pending(store, config, backend, workers, client, scheduler, progress, job)
         except RunInterrupted as exc:
             if store is not None:
                 exc.completed = len(store.completed())
@@ -405,21 +459,180 @@ def run_ensemble(
     return store
 
 
-def _open_executor(kind: str, workers: int | None, client, stack: contextlib.ExitStack):
-    """The executor of ``kind``, entered into ``stack``, and the task function it runs."""
+def check_extension(run_dir, t_max: float, given: RunConfig | None = None) -> tuple[RunStore, RunConfig, RunConfig]:
+    """Check that the run in ``run_dir`` can be extended to ``t_max``; change nothing.
+
+    Parameters
+    ----------
+    run_dir : path
+        A complete crsky run with float64 output.
+    t_max : float
+        The new last snapshot, ``Omega T``: later than the run's ``t_max``, a whole
+        number of steps.
+    given : RunConfig, optional
+        A configuration given on the command line: it must be the run's except for
+        ``[integration] t_max``, ``n_snapshots`` and ``extended_from``.
+
+    Returns
+    -------
+    store, stored, extended
+        The run directory, its configuration and the extended configuration.
+
+    Raises
+    ------
+    RunDirError, ConfigError
+        (:class:`~crsky.errors.InputError`) naming what is wrong.
+    """
+    store = RunStore(run_dir)
+    if store.path.is_dir() and (store.path / "manifest.json").is_file():
+        extension = store.manifest().get("extension")  # an interrupted commit: finish it first
+        if extension is not None and extension.get("committing") and extension["t_max"] == t_max:
+            return store, None, config_from_toml_text(extension["config"])
+    store = RunStore.existing(run_dir)  # not a run, damaged, an interrupted commit to another t_max
+    stored = store.config()
+    if given is not None:
+        i = stored.integration
+        given = dataclasses.replace(given, integration=dataclasses.replace(
+            given.integration, t_max=i.t_max, n_snapshots=i.n_snapshots, extended_from=i.extended_from))
+        if given.digest() != stored.digest():
+            raise RunDirError(f"run directory {store.path} holds a run of a different configuration "
+                              f"({config_difference(stored, given)}); --extend continues the run as it is: "
+                              "give no CONFIG or the run's own")
+    if stored.output.precision != "float64":
+        raise RunDirError(f"run {store.path} stores [output] precision = {stored.output.precision!r}; --extend "
+                          "continues each particle from its stored state, which needs 'float64' (rerun with "
+                          "precision = 'float64' to extend later)")
+    extension = store.extension()
+    if extension is not None:
+        if extension["t_max"] != t_max:
+            raise store.extension_in_progress_error(extension)
+        return store, stored, config_from_toml_text(extension["config"])  # resume it
+    done, total = len(store.completed()), stored.ensemble.realisations
+    if done < total:
+        raise RunDirError(f"run {store.path} is incomplete ({done}/{total} realisations); finish it first "
+                          f"(`crsky run {store.path / 'config.toml'} --out {store.path}`), then extend it")
+    return store, stored, extend_config(stored, t_max)
+
+
+def extend_run(
+    run_dir,
+    t_max: float,
+    given: RunConfig | None = None,
+    backend: str = "auto",
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: bool = True,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> RunStore:
+    """Extend (or resume extending) the complete run in ``run_dir`` to ``t_max``.
+
+    Every realisation is continued from its last snapshot to ``t_max``, and the
+    snapshots of :func:`crsky.simulate.extension_snapshot_count` are added
+    (docs/rundir.md, Extending a run). The extended files are written into
+    ``extending/`` and recorded in the manifest; the run stays as it was until all
+    are there, then the extension is committed (:meth:`RunStore.commit_extension`).
+    Deterministic, resumable (a stopped extension continues where it stopped, the
+    same command) and executor-independent, like :func:`run_ensemble`.
+
+    Parameters
+    ----------
+    run_dir : path
+        A complete run with float64 output.
+    t_max : float
+        New last snapshot ``Omega T``; a whole number of steps after the run's.
+    given : RunConfig, optional
+        See :func:`check_extension`.
+    backend, workers, scheduler, progress, connect_timeout
+        As in :func:`run_ensemble`.
+
+    Returns
+    -------
+    RunStore
+        The extended run directory.
+
+    Raises
+    ------
+    RunDirError, ConfigError
+        Bad input (:func:`check_extension`); nothing was changed.
+    RunInterrupted
+        On SIGINT or SIGTERM, after the extended realisations were recorded.
+    """
+    if workers < 1:
+        raise InputError(f"workers = {workers}: must be >= 1")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
+    # Bad input before the lock file is touched; the extended files are written next to
+    # the old ones until the commit, so their whole size must fit on the disk.
+    _, _, extended = check_extension(run_dir, t_max, given)
+    local = 1 if scheduler is not None else max(1, local_worker_count(workers, extended.ensemble.realisations)[0])
+    check_resources(extended, Path(run_dir) / EXTENDING, workers=local)
+    backend = resolve_backend(backend)
+    store = RunStore(run_dir)
+    with _signals_raise_interrupted(), contextlib.ExitStack() as stack:
+        stack.enter_context(store.lock(exclusive=True, clean=True))
+        store, stored, config = check_extension(run_dir, t_max, given)  # again, alone now
+        try:
+            extension = store.extension()
+            if extension is None or not extension.get("committing"):
+                pending = store.begin_extension(config)
+                client = None
+                if scheduler is not None and pending:
+                    client = connect_scheduler(scheduler, connect_timeout)
+                    stack.callback(client.close)
+                job = _Job(extend_realisations, pending, store.record_extended,
+                           lambda: len(store.extension()["realisations"]),
+                           {"extend": {"from_t_max": stored.integration.t_max, "t_max": t_max}})
+                _run_pending(store, config, backend, workers, client, scheduler, progress, job)
+            store.commit_extension()
+        except RunInterrupted as exc:
+            extension = store.extension()
+            exc.completed = len(extension["realisations"]) if extension else config.ensemble.realisations
+            exc.total = config.ensemble.realisations
+            exc.run_dir = str(store.path)
+            raise
+    return store
+
+
+@dataclass
+class _Job:
+    """What :func:`_run_pending` computes and how it records it.
+
+    Attributes
+    ----------
+    task : callable
+        Module-level ``task(run_dir, config_toml, indices, backend) -> {index: record}``.
+    pending : list of int
+        Realisations to compute.
+    record : callable
+        ``record(index, record)`` into the manifest (driver only).
+    completed : callable
+        Count of recorded realisations, for the session record.
+    session : dict
+        Extra keys of the session record.
+    """
+
+    task: Callable
+    pending: list
+    record: Callable
+    completed: Callable
+    session: dict = field(default_factory=dict)
+
+
+def _open_executor(kind: str, workers: int | None, client, stack: contextlib.ExitStack, task):
+    """The executor of ``kind``, entered into ``stack``, and what it runs for ``task``."""
     if kind == "serial":
-        return SerialExecutor(), compute_realisations
+        return SerialExecutor(), task
     if kind == "processes":
-        return stack.enter_context(_process_pool(workers)), _worker_task
-    return stack.enter_context(_dask_executor(client)), compute_realisations
+        return stack.enter_context(_process_pool(workers)), functools.partial(_worker_task, task)
+    return stack.enter_context(_dask_executor(client)), task
 
 
 def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int, client, scheduler,
-                 progress: bool) -> None:
-    """Compute the pending realisations of ``store`` on the chosen executor and record
-    each as it completes; record the session (also when stopped)."""
+                 progress: bool, job: _Job) -> None:
+    """Compute ``job``'s pending realisations on the chosen executor and record each
+    as it completes; record the session (also when stopped)."""
     total = config.ensemble.realisations
-    pending = store.pending(total)
+    pending = job.pending
     if client is not None:
         kind, workers = "dask", None
     else:
@@ -432,11 +645,12 @@ def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int,
         "workers": workers, "scheduler": scheduler, "host": platform.node(),
         "crsky_version": __version__, "numba_version": numba.__version__,
         "python": sys.version.split()[0], "resumed_with_done": total - len(pending),
-        "pending": len(pending),
+        "pending": len(pending), **job.session,
     }
     start = time.perf_counter()
     bar = tqdm(total=total, initial=total - len(pending), unit="realisation",
-               desc="crsky run", disable=not progress, file=sys.stderr)
+               desc="crsky run --extend" if "extend" in job.session else "crsky run", disable=not progress,
+               file=sys.stderr)
     recorded: set[Future] = set()
 
     def record_finished(futures) -> None:
@@ -447,7 +661,7 @@ def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int,
             if future.exception() is not None:
                 raise future.exception()
             for index, record in future.result().items():
-                store.record(index, record)
+                job.record(index, record)
             bar.update(len(future.result()))
 
     futures: list[Future] = []
@@ -455,7 +669,7 @@ def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int,
         # Leaving this block ends the executor; on an exception (a signal included)
         # without draining its queue, so nothing runs while the manifest is updated.
         with contextlib.ExitStack() as stack:
-            executor, task = _open_executor(kind, workers, client, stack)
+            executor, task = _open_executor(kind, workers, client, stack, job.task)
             size = batch_size(config, backend) if kind == "serial" else 1
             args = (str(store.path), config.to_toml())
             for first in range(0, len(pending), size):
@@ -477,5 +691,5 @@ def _run_pending(store: RunStore, config: RunConfig, backend: str, workers: int,
         bar.close()
         session["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         session["seconds"] = time.perf_counter() - start
-        session["completed"] = len(store.completed())
+        session["completed"] = job.completed()
         store.record_session(session)

@@ -9,6 +9,8 @@ traced back in time. Backtracking a charge ``q`` is forward integration of charg
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,19 +18,25 @@ import healpy as hp
 import numpy as np
 
 from .backends import Backend, get_backend
-from .config import RunConfig
+from .config import ConfigError, RunConfig, _check_steps
 from .errors import NonFiniteError
 from .turbulence import make_modes
 
 __all__ = [
     "pixel_directions",
     "snapshot_schedule",
+    "extension_schedule",
+    "snapshot_stages",
+    "run_schedule",
+    "extension_snapshot_count",
+    "extend_config",
     "trace",
     "backtrack",
     "backtrack_many",
     "Realisation",
     "simulate_realisation",
     "simulate_realisations",
+    "continue_realisations",
     "check_finite",
     "batch_size",
 ]
@@ -88,6 +96,104 @@ def snapshot_schedule(t_min: float, t_max: float, n_snapshots: int, dt: float) -
     return steps, steps * dt
 
 
+def extension_schedule(t_from: float, t_to: float, n_added: int, dt: float) -> np.ndarray:
+    """Step counts of the snapshots an extension from ``t_from`` to ``t_to`` adds.
+
+    The ``n_added`` snapshots are log-spaced after ``t_from`` (excluded) up to
+    ``t_to`` (included, the last one), on distinct whole steps: the snapshots
+    :func:`snapshot_schedule` places from ``t_from`` to ``t_to`` with ``n_added + 1``
+    points, without the first (``t_from``, the extended run's last snapshot).
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_added,)
+        Strictly increasing step counts, all above ``round(t_from / dt)``, the last
+        ``round(t_to / dt)``.
+    """
+    return snapshot_schedule(t_from, t_to, n_added + 1, dt)[0][1:]
+
+
+def _stage_bounds(integ) -> list[dict]:
+    """``{"t_max", "n_snapshots"}`` at the end of every stage, the run's own last."""
+    return [*(integ.extended_from or ()), {"t_max": integ.t_max, "n_snapshots": integ.n_snapshots}]
+
+
+def snapshot_stages(integ) -> list[np.ndarray]:
+    """Snapshot step counts of each stage of a run (one stage unless extended).
+
+    The first stage is :func:`snapshot_schedule` from ``t_min`` to its ``t_max``;
+    each extension adds :func:`extension_schedule` from the previous stage's
+    ``t_max`` to its own (``[integration] extended_from``).
+
+    Parameters
+    ----------
+    integ : crsky.config.IntegrationConfig
+
+    Returns
+    -------
+    list of numpy.ndarray of int64
+        Absolute step counts, strictly increasing across the stages.
+    """
+    bounds = _stage_bounds(integ)
+    stages = [snapshot_schedule(integ.t_min, bounds[0]["t_max"], bounds[0]["n_snapshots"], integ.dt)[0]]
+    for before, stage in zip(bounds, bounds[1:]):
+        stages.append(extension_schedule(before["t_max"], stage["t_max"],
+                                         stage["n_snapshots"] - before["n_snapshots"], integ.dt))
+    return stages
+
+
+def run_schedule(integ) -> tuple[np.ndarray, np.ndarray]:
+    """All snapshots of a run: step counts (int64) and times ``steps * dt`` (``Omega T``);
+    :func:`snapshot_schedule` for a run never extended."""
+    steps = np.concatenate(snapshot_stages(integ))
+    return steps, steps * integ.dt
+
+
+def extension_snapshot_count(integ, t_max: float) -> int:
+    """Snapshots an extension of a run to ``t_max`` adds: the density per decade of
+    the run's first stage, ``(n - 1) / log10(t_max_1 / t_min)``, over the decades
+    from the run's ``t_max`` to the new one, rounded, at least 1 and at most the
+    number of steps in between. A first stage of one snapshot adds one (``t_max``).
+    """
+    first = _stage_bounds(integ)[0]
+    available = max(1, int(round((t_max - integ.t_max) / integ.dt)))
+    if first["n_snapshots"] < 2 or first["t_max"] <= integ.t_min:
+        return 1
+    per_decade = (first["n_snapshots"] - 1) / math.log10(first["t_max"] / integ.t_min)
+    return min(available, max(1, int(round(per_decade * math.log10(t_max / integ.t_max)))))
+
+
+def extend_config(config: RunConfig, t_max: float) -> RunConfig:
+    """The configuration of ``config``'s run extended to ``t_max`` (``Omega T``).
+
+    ``t_max`` and ``n_snapshots`` become the extended run's, and the stage that
+    ended at the old ``t_max`` is appended to ``[integration] extended_from``; the
+    added snapshots follow :func:`extension_snapshot_count`. Everything else is
+    unchanged.
+
+    Raises
+    ------
+    ConfigError
+        ``t_max`` is not finite, not later than the run's ``t_max``, not a whole
+        number of steps, or above the step limit.
+    """
+    integ = config.integration
+    if not (math.isfinite(t_max) and t_max > integ.t_max):
+        raise ConfigError(f"--extend {t_max!r}: must be a finite t Omega later than the run's t_max = "
+                          f"{integ.t_max:g}")
+    extended = dataclasses.replace(
+        integ, t_max=float(t_max),
+        extended_from=(*(integ.extended_from or ()), {"t_max": integ.t_max, "n_snapshots": integ.n_snapshots}),
+    )
+    try:
+        _check_steps(dataclasses.replace(extended, n_snapshots=1))  # whole steps, step limit
+    except ConfigError as exc:
+        raise ConfigError(f"--extend: {exc}") from None
+    extended = dataclasses.replace(extended,
+                                   n_snapshots=integ.n_snapshots + extension_snapshot_count(integ, t_max))
+    return dataclasses.replace(config, integration=extended)
+
+
 def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend="cpu", precision="float64"):
     """Forward integration of particles of charge sign ``sign`` (no reversal).
 
@@ -125,7 +231,8 @@ def _backend(backend, precision: str) -> Backend:
     return backend if isinstance(backend, Backend) else get_backend(backend, precision)
 
 
-def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64"):
+def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64",
+                   start=None):
     """Backtrack cosmic rays observed at the origin with momentum ``directions``
     through each of ``R`` field realisations (one call of the backend's
     ``trace_many``).
@@ -140,6 +247,12 @@ def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, bac
         As in :func:`trace`.
     charge_sign : int
         Sign of the observed cosmic ray's charge.
+    start : tuple of numpy.ndarray, optional
+        ``(x, p)``, shape (R, n, 3) each: continue the backtracking from positions
+        ``x(-T0)`` and momentum directions ``p(-T0)`` (a run's last snapshot) instead
+        of the origin and ``directions``; ``snapshot_steps`` then count from ``T0``.
+        In float64 the continuation is bitwise the straight trace, whose state is
+        exactly ``(x, -p)`` at every step.
 
     Returns
     -------
@@ -151,10 +264,13 @@ def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, bac
     directions = np.asarray(directions, dtype=np.float64)
     modes = np.asarray(modes, dtype=np.float64)
     shape = (len(modes), *directions.shape)
-    # Backtracking: the opposite charge from the origin with velocity -p, forward in time.
+    if start is None:
+        x0, p0 = np.zeros(shape), np.broadcast_to(directions, shape)
+    else:
+        x0, p0 = (np.asarray(a, dtype=np.float64) for a in start)
+    # Backtracking: the opposite charge with velocity -p, forward in time.
     x, u = _backend(backend, precision).trace_many(
-        np.zeros(shape), np.broadcast_to(-directions, shape), modes, sign=-float(charge_sign), dt=dt, rl=rl,
-        snapshot_steps=snapshot_steps,
+        x0, -p0, modes, sign=-float(charge_sign), dt=dt, rl=rl, snapshot_steps=snapshot_steps,
     )
     return x, -u
 
@@ -216,15 +332,51 @@ def batch_size(config: RunConfig, backend: str) -> int:
 
 
 def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> list[Realisation]:
-    """Backtrack several realisations in one call of the backend (on the CUDA backend,
-    one launch).
+    """Backtrack several realisations in one call of the backend per stage (on the
+    CUDA backend, one launch per stage; one stage unless the run was extended).
+
+    An extended run (``[integration] extended_from``) is traced stage by stage, each
+    from the state at the end of the previous one, as ``crsky run --extend`` did:
+    so a recomputed realisation has the bits of the extended one in every precision.
 
     The result of each realisation does not depend on which others share its call.
     ``seconds`` of each is the wall time of the call divided by their number.
     """
+    return _trace_stages(config, indices, snapshot_stages(config.integration), None, backend)
+
+
+def continue_realisations(config: RunConfig, indices, x_last, p_last, backend: str = "cpu") -> list[Realisation]:
+    """Continue realisations of a run from their state at the end of its previous
+    stage through its last stage (the snapshots ``crsky run --extend`` adds).
+
+    Parameters
+    ----------
+    config : RunConfig
+        The extended run's configuration (:func:`extend_config`).
+    indices : list of int
+        Realisation indices.
+    x_last, p_last : array_like, shape (len(indices), npix, 3), float64
+        ``x(-T)`` (``L_c``) and ``p(-T)`` at the previous stage's ``t_max``, exactly as
+        stored (float64 output).
+
+    Returns
+    -------
+    list of Realisation
+        The added snapshots only.
+    """
+    stages = snapshot_stages(config.integration)
+    if len(stages) < 2:
+        raise ValueError("continue_realisations needs an extended configuration ([integration] extended_from)")
+    start = (np.asarray(x_last, dtype=np.float64), np.asarray(p_last, dtype=np.float64))
+    return _trace_stages(config, indices, stages[-1:], start, backend, origin_step=int(stages[-2][-1]))
+
+
+def _trace_stages(config: RunConfig, indices, stages, start, backend: str, origin_step: int = 0) -> list[Realisation]:
+    """Trace realisations ``indices`` through ``stages`` (absolute step counts), each
+    stage from the last state of the one before (``start`` at ``origin_step`` first,
+    or the origin at step 0)."""
     driver = get_backend(backend, config.integration.precision)
     integ = config.integration
-    steps, times = snapshot_schedule(integ.t_min, integ.t_max, integ.n_snapshots, integ.dt)
     directions = pixel_directions(config.particles.nside)
     modes = np.stack([make_modes(config.turbulence, config.ensemble.seed, j) for j in indices])
     for j, m in zip(indices, modes):
@@ -235,10 +387,18 @@ def simulate_realisations(config: RunConfig, indices, backend: str = "cpu") -> l
                 f"gamma = {config.turbulence.gamma!r}, lambda_min = {config.turbulence.lambda_min!r}, "
                 f"lambda_max = {config.turbulence.lambda_max!r}"
             )
-    start = time.perf_counter()
-    x, p = backtrack_many(directions, modes, config.particles.rl, integ.dt, steps,
-                          charge_sign=config.charge_sign, backend=driver)
-    seconds = (time.perf_counter() - start) / max(len(indices), 1)
+    start_time = time.perf_counter()
+    xs, ps = [], []
+    for steps in stages:
+        x, p = backtrack_many(directions, modes, config.particles.rl, integ.dt, steps - origin_step,
+                              charge_sign=config.charge_sign, backend=driver, start=start)
+        xs.append(x)
+        ps.append(p)
+        start, origin_step = (x[:, -1], p[:, -1]), int(steps[-1])
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=1)
+    p = ps[0] if len(ps) == 1 else np.concatenate(ps, axis=1)
+    times = np.concatenate(stages) * integ.dt
+    seconds = (time.perf_counter() - start_time) / max(len(indices), 1)
     out = [Realisation(j, times, x[k], p[k], seconds, driver.name) for k, j in enumerate(indices)]
     for result in out:
         check_finite(result, config)

@@ -7,6 +7,7 @@ Layout::
       manifest.json            provenance and the record of completed realisations
       crsky.lock               the run's lock file (who holds or last held it)
       realisations/r000000.nc  one netCDF4 (HDF5) file per realisation, xarray-readable
+      extending/r000000.nc     while ``crsky run --extend`` runs: the extended realisations
       analysis.nc, summary.json, figures/   written by ``crsky analyze`` / ``crsky plot``
 
 Every file is first serialised in memory, then written under a temporary name in its
@@ -30,6 +31,14 @@ moved aside (``*.bad-*``) and recomputed. A complete file that the manifest does
 list yet (the driver was killed between the worker's rename and its own record) is
 adopted only if its attributes name this configuration and index and the SHA-256 of
 its arrays matches the digest stored inside it (``data_sha256``).
+
+Extending a finished run (``crsky run --extend``) writes each extended realisation
+into ``extending/`` and records it under the manifest's ``extension`` key while the
+run itself (config.toml, manifest records, realisation files) stays as it was; once
+all are there, the extension is committed (:meth:`RunStore.commit_extension`): the
+new files replace the old ones, config.toml and the manifest switch to the extended
+configuration. A commit that was killed is finished by the next ``--extend`` and
+refused by every reader meanwhile.
 
 See docs/rundir.md for what a run directory guarantees.
 """
@@ -70,6 +79,8 @@ __all__ = [
 MANIFEST = "manifest.json"
 CONFIG = "config.toml"
 REALISATIONS = "realisations"
+#: Directory of the realisations of an extension in progress (docs/rundir.md).
+EXTENDING = "extending"
 LOCK = "crsky.lock"
 ANALYSIS = "analysis.nc"
 SUMMARY = "summary.json"
@@ -581,10 +592,12 @@ class RunStore:
                 raise RunDirError(
                     f"output {p} exists, is not empty and is not a crsky run directory "
                     "(no config.toml); choose another --out")
+            if os.path.lexists(p / MANIFEST):
+                store._refuse_interrupted_commit(store.manifest())
             if (p / CONFIG).exists():
                 stored = store.config()
                 if stored.digest() != config.digest():
-                    diff = _config_difference(stored, config)
+                    diff = config_difference(stored, config)
                     raise RunDirError(
                         f"run directory {p} holds a run of a different configuration ({diff}); "
                         "use another --out, or --force to delete that run and start over")
@@ -628,6 +641,7 @@ class RunStore:
         if not (store.path / CONFIG).exists() or not (store.path / MANIFEST).exists():
             raise RunDirError(f"{store.path} is not a crsky run directory (no config.toml / manifest.json)")
         manifest = store.manifest()
+        store._refuse_interrupted_commit(manifest)
         digest = store.config().digest()
         if manifest["config_sha256"] != digest:
             raise RunDirError(
@@ -658,8 +672,9 @@ class RunStore:
         and their temporary files; in ``realisations/`` the realisation files
         ``rNNNNNN.nc``, their quarantined ``.bad-*`` copies and temporary files; in
         ``figures/`` the figures crsky names and marks (PNG ``Software: crsky``, PDF
-        ``Creator (crsky)``) and their temporary files; then the two sub-directories
-        if empty. The lock file stays (it is held). Call with the exclusive lock held.
+        ``Creator (crsky)``) and their temporary files; in ``extending/`` what
+        ``realisations/`` may hold; then the sub-directories if empty. The lock
+        file stays (it is held). Call with the exclusive lock held.
         """
         if not self.holds_lock(exclusive=True):
             raise RuntimeError("remove_own_files needs the exclusive lock")
@@ -671,9 +686,9 @@ class RunStore:
                 _unlink_file(entry) or kept.append(name)
             elif name == LOCK:
                 continue
-            elif name in (REALISATIONS, FIGURES) and entry.is_dir() and not entry.is_symlink():
+            elif name in (REALISATIONS, EXTENDING, FIGURES) and entry.is_dir() and not entry.is_symlink():
                 for sub in sorted(entry.iterdir()):
-                    own = (_REALISATION_OWN.match(sub.name) if name == REALISATIONS
+                    own = (_REALISATION_OWN.match(sub.name) if name in (REALISATIONS, EXTENDING)
                            else _FIGURE_TEMP.match(sub.name) or _is_crsky_figure(sub))
                     if not (own and _unlink_file(sub)):
                         kept.append(f"{name}/{sub.name}")
@@ -729,6 +744,10 @@ class RunStore:
     def realisation_path(self, index: int) -> Path:
         return self.path / REALISATIONS / f"r{index:06d}.nc"
 
+    def extension_path(self, index: int) -> Path:
+        """Where an extension in progress writes realisation ``index``."""
+        return self.path / EXTENDING / f"r{index:06d}.nc"
+
     def completed(self) -> list[int]:
         """Indices recorded as complete in the manifest, sorted."""
         return sorted(int(k) for k in self.manifest()["realisations"])
@@ -738,8 +757,11 @@ class RunStore:
         return [j for j in range(n_realisations) if j not in done]
 
     # -- writing -------------------------------------------------------------
-    def write_realisation(self, ds: xr.Dataset, index: int) -> dict:
+    def write_realisation(self, ds: xr.Dataset, index: int, extension: bool = False) -> dict:
         """Write one realisation atomically; return its record for the manifest.
+
+        ``extension=True``: into ``extending/`` (an extension in progress), where
+        it is recorded with :meth:`record_extended`.
 
         Safe to call from worker processes: it touches only its own file. The file is
         serialised in memory (with the SHA-256 of its arrays as ``data_sha256``) and
@@ -755,8 +777,8 @@ class RunStore:
         RunDirError
             Something that is not this complete realisation is under the final name.
         """
-        final = self.realisation_path(index)
-        existing = self.complete_record(index, ds.attrs.get("config_sha256"))
+        final = self.extension_path(index) if extension else self.realisation_path(index)
+        existing = self.complete_record(index, ds.attrs.get("config_sha256"), final)
         if existing is not None:
             return existing
         if os.path.lexists(final):
@@ -765,17 +787,18 @@ class RunStore:
         try:
             written = atomic_write_netcdf(ds, final, overwrite=False)
         except FileExistsError:
-            existing = self.complete_record(index, ds.attrs.get("config_sha256"))
+            existing = self.complete_record(index, ds.attrs.get("config_sha256"), final)
             if existing is None:
                 raise RunDirError(f"{final} appeared meanwhile and is not complete; refusing to overwrite it") from None
             return existing
         return {"file": str(final.relative_to(self.path)), **written, "written": _now(), "host": platform.node()}
 
-    def complete_record(self, index: int, config_sha256: str | None) -> dict | None:
-        """The record of realisation ``index`` if its file is a regular file that reads
-        back whole, belongs to the configuration ``config_sha256`` and matches its own
-        ``data_sha256``; otherwise ``None``."""
-        path = self.realisation_path(index)
+    def complete_record(self, index: int, config_sha256: str | None, path: Path | None = None) -> dict | None:
+        """The record of realisation ``index`` if its file (``path``, default its place
+        in ``realisations/``) is a regular file that reads back whole, belongs to the
+        configuration ``config_sha256`` and matches its own ``data_sha256``;
+        otherwise ``None``."""
+        path = self.realisation_path(index) if path is None else path
         if not path.is_file() or path.is_symlink() or not self._looks_complete(path, config_sha256, index):
             return None
         return self._file_record(path)
@@ -796,6 +819,158 @@ class RunStore:
             manifest = self.manifest()
             manifest["sessions"].append(session)
             self._write_manifest(manifest)
+
+    # -- extension -------------------------------------------------------------
+    def extension(self) -> dict | None:
+        """The manifest's record of an extension in progress (``None`` if there is none)."""
+        return self.manifest().get("extension")
+
+    def begin_extension(self, config: RunConfig) -> list[int]:
+        """Start, or resume, the extension of this (complete) run to ``config``.
+
+        Records the extension in the manifest (``extension``: the new configuration
+        and its digest, the old digest, the two ``t_max``) unless it is already there;
+        on resume, a recorded file in ``extending/`` that fails its check is set aside
+        and a complete, unrecorded one that proves itself (configuration, index,
+        ``data_sha256``) is adopted, as :meth:`open` does for ``realisations/``.
+        Nothing of the run itself changes until :meth:`commit_extension`.
+
+        Parameters
+        ----------
+        config : RunConfig
+            The extended configuration (:func:`crsky.simulate.extend_config`).
+
+        Returns
+        -------
+        list of int
+            The realisations still to extend.
+
+        Raises
+        ------
+        RunDirError
+            Another extension (to another ``t_max``) is in progress.
+        """
+        digest = config.digest()
+        with self.lock(exclusive=True):
+            manifest = self.manifest()
+            extension = manifest.get("extension")
+            if extension is not None and extension["config_sha256"] != digest:
+                raise self.extension_in_progress_error(extension)
+            if extension is None:
+                extension = {"config_sha256": digest, "config": config.to_toml(),
+                             "from_config_sha256": manifest["config_sha256"],
+                             "from_t_max": self.config().integration.t_max, "t_max": config.integration.t_max,
+                             "started": _now(), "committing": False, "realisations": {}}
+                manifest["extension"] = extension
+                self._write_manifest(manifest)
+            try:
+                (self.path / EXTENDING).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, self.path / EXTENDING) from None
+            self._clean_temporaries()
+            recorded = extension["realisations"]
+            changed = False
+            for key, record in list(recorded.items()):
+                index = int(key)
+                if self._open_checked(self.extension_path(index), index, record, digest, load=False)[1]:
+                    del recorded[key]
+                    self._quarantine(index, self.extension_path(index))
+                    changed = True
+            for path in _listdir(self.path / EXTENDING):
+                match = _REALISATION.match(path.name)
+                if not match or str(int(match.group(1))) in recorded:
+                    continue
+                index = int(match.group(1))
+                if (index < config.ensemble.realisations and path.is_file() and not path.is_symlink()
+                        and self._looks_complete(path, digest, index)):
+                    recorded[str(index)] = {**self._file_record(path), "adopted": True}
+                else:
+                    self._quarantine(index, path)
+                changed = True
+            if changed:
+                self._write_manifest(manifest)
+            return [j for j in range(config.ensemble.realisations) if str(j) not in recorded]
+
+    def extension_in_progress_error(self, extension: dict) -> RunDirError:
+        """The refusal of another extension while ``extension`` is in progress."""
+        return RunDirError(
+            f"an extension of {self.path} to t_max = {extension['t_max']:g} is in progress; finish it first "
+            f"(`crsky run --out {self.path} --extend {extension['t_max']:g}`), then extend further")
+
+    def record_extended(self, index: int, record: dict) -> None:
+        """Record realisation ``index`` of the extension in progress as written (driver only)."""
+        with self.lock(exclusive=True):
+            manifest = self.manifest()
+            manifest["extension"]["realisations"][str(index)] = record
+            self._write_manifest(manifest)
+
+    def commit_extension(self) -> dict:
+        """Make the extension in progress the run: every realisation must be recorded.
+
+        In this order, each step atomic: the manifest marks the extension
+        ``committing`` (from here it is finished, never undone); each file of
+        ``extending/`` replaces its realisation in ``realisations/``; config.toml
+        becomes the extended configuration; the manifest takes its digest and the new
+        records, and appends the extension to its ``extensions`` history. Killed
+        anywhere in between, the next call finishes the same steps; readers
+        (:meth:`existing`, :meth:`open`) refuse the directory meanwhile.
+
+        Returns
+        -------
+        dict
+            The history entry: old and new configuration digest and ``t_max``, the
+            number of snapshots added, when it started and was committed.
+        """
+        with self.lock(exclusive=True):
+            manifest = self.manifest()
+            extension = manifest["extension"]
+            config = config_from_toml_text(extension["config"])
+            recorded = extension["realisations"]
+            missing = [j for j in range(config.ensemble.realisations) if str(j) not in recorded]
+            if missing:
+                raise RuntimeError(f"commit_extension: realisations {missing[:5]} are not extended yet")
+            if not extension.get("committing"):
+                extension["committing"] = True
+                self._write_manifest(manifest)
+            for key in sorted(recorded, key=int):
+                staged, final = self.extension_path(int(key)), self.realisation_path(int(key))
+                if os.path.lexists(staged):  # else moved by a commit that was killed
+                    try:
+                        os.replace(staged, final)
+                    except OSError as exc:
+                        raise storage_error(exc, final) from None
+            _fsync_dir(self.path / REALISATIONS)
+            try:
+                current = (self.path / CONFIG).read_text()
+            except OSError:
+                current = None
+            if current != extension["config"]:
+                atomic_write_bytes(self.path / CONFIG, extension["config"].encode())
+            before = config.integration.extended_from[-1]
+            entry = {"from_config_sha256": extension["from_config_sha256"],
+                     "config_sha256": extension["config_sha256"],
+                     "from_t_max": extension["from_t_max"], "t_max": extension["t_max"],
+                     "snapshots_added": config.integration.n_snapshots - before["n_snapshots"],
+                     "started": extension["started"], "committed": _now(), "host": platform.node()}
+            manifest["config_sha256"] = extension["config_sha256"]
+            manifest["realisations"] = {
+                key: {**record, "file": f"{REALISATIONS}/{self.realisation_path(int(key)).name}"}
+                for key, record in recorded.items()}
+            manifest.setdefault("extensions", []).append(entry)
+            del manifest["extension"]
+            self._write_manifest(manifest)
+            with contextlib.suppress(OSError):  # kept if something else is in it (a .bad-* file)
+                (self.path / EXTENDING).rmdir()
+            return entry
+
+    def _refuse_interrupted_commit(self, manifest: dict) -> None:
+        """A run whose extension was killed while being committed is neither the old
+        run nor the new one: refuse it, naming the command that finishes the commit."""
+        extension = manifest.get("extension")
+        if extension is not None and extension.get("committing"):
+            raise RunDirError(
+                f"the extension of {self.path} to t_max = {extension['t_max']:g} was interrupted while being "
+                f"committed; run `crsky run --out {self.path} --extend {extension['t_max']:g}` to finish it")
 
     # -- reading -------------------------------------------------------------
     def read_realisation(self, index: int) -> xr.Dataset:
@@ -901,8 +1076,8 @@ class RunStore:
         """Remove crsky's temporary files (call with the exclusive lock: then they are abandoned)."""
         p = self.path
         candidates = [e for e in _listdir(p) if _TOP_TEMP.match(e.name)]
-        candidates += [e for e in _listdir(p / REALISATIONS) if e.name.endswith(".tmp")
-                       and _REALISATION_OWN.match(e.name)]
+        candidates += [e for d in (REALISATIONS, EXTENDING) for e in _listdir(p / d)
+                       if e.name.endswith(".tmp") and _REALISATION_OWN.match(e.name)]
         candidates += [e for e in _listdir(p / FIGURES) if _FIGURE_TEMP.match(e.name)]
         for tmp in candidates:
             _unlink_file(tmp)
@@ -932,9 +1107,10 @@ class RunStore:
         if changed:
             self._write_manifest(manifest)
 
-    def _quarantine(self, index: int) -> None:
-        """Move a bad realisation file (or symbolic link) aside: kept for inspection, never read."""
-        path = self.realisation_path(index)
+    def _quarantine(self, index: int, path: Path | None = None) -> None:
+        """Move a bad realisation file (or symbolic link; default: its place in
+        ``realisations/``) aside: kept for inspection, never read."""
+        path = self.realisation_path(index) if path is None else path
         if os.path.lexists(path):
             aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
             try:
@@ -980,6 +1156,16 @@ def _manifest_problem(manifest) -> str | None:
             return f"the record of realisation {key} lacks bytes / sha256"
     if not isinstance(manifest.get("sessions"), list):
         return "sessions is missing or not a list"
+    extension = manifest.get("extension")
+    if extension is not None:
+        if (not isinstance(extension, dict) or not isinstance(extension.get("config"), str)
+                or not isinstance(extension.get("t_max"), (int, float))
+                or not re.fullmatch(r"[0-9a-f]{64}", str(extension.get("config_sha256")))
+                or not isinstance(extension.get("realisations"), dict)):
+            return "the record of the extension in progress is incomplete"
+        problem = _manifest_problem({**manifest, "realisations": extension["realisations"], "extension": None})
+        if problem:
+            return f"extension: {problem}"
     return None
 
 
@@ -1020,7 +1206,8 @@ def _is_crsky_figure(path: Path) -> bool:
         return False
 
 
-def _config_difference(a: RunConfig, b: RunConfig) -> str:
+def config_difference(a: RunConfig, b: RunConfig) -> str:
+    """The first keys in which ``b`` (requested) differs from ``a`` (stored), one line."""
     da, db = a.to_dict(), b.to_dict()
     diffs = []
     for section in da:

@@ -490,12 +490,16 @@ def _cf_units(attrs: dict) -> dict:
 
 def _flat_config_attrs(config) -> dict:
     """``config_<section>_<key>`` attributes of the resolved configuration (None left out,
-    booleans as 0/1: netCDF has neither)."""
+    booleans as 0/1, nested values such as ``extended_from`` as JSON text: netCDF has
+    neither booleans nor records)."""
     out = {}
     for section, values in config.to_dict().items():
         for key, value in values.items():
             if value is None:
                 continue
+            if isinstance(value, dict) or (isinstance(value, (list, tuple))
+                                           and not all(isinstance(v, (int, float, str)) for v in value)):
+                value = json.dumps(value, sort_keys=True)
             out[f"config_{section}_{key}"] = int(value) if isinstance(value, bool) else value
     return out
 
