@@ -49,6 +49,8 @@ __all__ = [
     "resolve_config",
     "ResourceEstimate",
     "estimate_resources",
+    "CostEstimate",
+    "estimate_cost",
     "check_resources",
     "check_resonance",
     "AUTO",
@@ -1087,6 +1089,92 @@ def estimate_resources(config: RunConfig) -> ResourceEstimate:
     analysis = realisations * 2 * snapshots * (lmax + 1) * 8 + 2**17
     disk_total = realisations * (per_file + _MANIFEST_RECORD_BYTES) + analysis
     return ResourceEstimate(memory_simulation, memory_analysis, per_file, disk_total)
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Compute and disk of a run, estimated from its configuration.
+
+    Attributes
+    ----------
+    mode_evaluations : int
+        ``realisations x particles x steps x n_modes`` (``steps = t_max / dt``): one
+        ``A_n xi_n cos(k_n . x + beta_n)`` term per mode, particle and step.
+    throughput : float or None
+        Mode evaluations per second assumed on this machine; ``None`` when unknown.
+    throughput_source : str
+        Where the throughput came from: ``"given"``, ``"calibrated"`` (the cache
+        ``crsky bench`` writes) or ``"uncalibrated default"``; ``"unknown"`` without one.
+    seconds : float or None
+        ``mode_evaluations / throughput``: wall time of the whole run on this machine.
+    disk_total : int
+        Bytes on disk (:func:`estimate_resources`).
+    """
+
+    mode_evaluations: int
+    throughput: float | None
+    throughput_source: str
+    seconds: float | None
+    disk_total: int
+
+    def describe(self, backend: str = "cpu") -> str:
+        """One line for the terminal: mode evaluations, wall time, disk."""
+        if self.seconds is None:
+            time_text = (f"wall time unknown (no {backend} throughput measured here; run "
+                         f"`crsky bench --quick --backend {backend}` to calibrate)")
+        else:
+            note = {"calibrated": "measured by crsky bench on this machine",
+                    "uncalibrated default": "uncalibrated default; `crsky bench --quick` calibrates",
+                    }.get(self.throughput_source, self.throughput_source)
+            time_text = (f"about {_duration(self.seconds)} on this machine ({backend}) at "
+                         f"{self.throughput:.2g} mode evaluations/s ({note})")
+        return (f"estimated cost: {self.mode_evaluations:.3g} mode evaluations, {time_text}; "
+                f"{_size(self.disk_total)} on disk")
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= length:
+            return f"{seconds / length:.3g} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def estimate_cost(config: RunConfig, throughput: float | None = None, backend: str = "cpu") -> CostEstimate:
+    """Mode evaluations, wall time and disk of a whole run, before it starts.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated configuration.
+    throughput : float, optional
+        Mode evaluations per second. By default the rate ``crsky bench`` measured on
+        this machine for ``backend`` and the config's field precision
+        (:func:`crsky.bench.cached_throughput`), else an uncalibrated default
+        (:func:`crsky.bench.default_throughput`; none on CUDA).
+    backend : {"cpu", "cuda"}
+        The backend that will run (already resolved from ``auto``).
+
+    Returns
+    -------
+    CostEstimate
+        Python integers for the counts, so that absurd sizes do not overflow.
+    """
+    from . import bench  # imports numba; bench imports this module
+
+    i = config.integration
+    steps = round(i.t_max / i.dt)
+    evaluations = config.ensemble.realisations * config.particles.n_particles * steps * config.turbulence.n_modes
+    if throughput is not None:
+        source = "given"
+    else:
+        entry = bench.cached_throughput(backend, i.precision)
+        if entry is not None:
+            throughput, source = float(entry["mode_evals_per_s"]), "calibrated"
+        else:
+            throughput = bench.default_throughput(backend, i.precision)
+            source = "uncalibrated default" if throughput is not None else "unknown"
+    seconds = evaluations / throughput if throughput else None
+    return CostEstimate(evaluations, throughput, source, seconds, estimate_resources(config).disk_total)
 
 
 def physical_memory() -> int | None:
