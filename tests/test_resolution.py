@@ -208,3 +208,13 @@ def test_crsky_bench_writes_the_cache(tmp_path):
     entries = json.loads((tmp_path / "crsky" / "throughput.json").read_text())["entries"]
     assert {e["precision"] for e in entries.values()} == {"float64", "mixed"}
     assert "cached in" in done.stderr
+
+
+def test_readme_example_configuration_is_valid_and_is_the_paper_preset():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = resolve_config(tomllib.loads(block), preset="paper")
+    # the policy keys it shows are those the paper's explicit numbers record
+    assert cfg.turbulence.resonance_factor == DEFAULT_RESONANCE_FACTOR and cfg.digest() == PAPER_DIGEST
