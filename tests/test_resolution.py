@@ -119,6 +119,10 @@ def test_auto_with_physical_inputs():
     ({"n_modes": 100, "modes_per_decade": 64}, {}, r"modes_per_decade = 64.0 applies to n_modes = 'auto'"),
     ({**AUTO, "allow_unresolved": True}, {"rl": 1000.0}, r"lambda_min = 'auto' = 2 pi r_L / resonance_factor = 100 "
                                                           r"L_c .* is not below lambda_max = 100.0"),
+    ({**AUTO, "modes_per_decade": 1e300}, {}, r"n_modes = 'auto' gives .* modes: must be < 2\^63"),
+    ({**AUTO, "resonance_factor": 1e308}, {"rl": 1e-10}, r"n_modes = 'auto' gives .* = inf modes: must be < 2\^63"),
+    ({"lambda_min": "auto", "resonance_factor": 1e308}, {"rl": 1e-20},
+     r"resonance_factor = 1e\+308: gives lambda_min = 2 pi r_L / resonance_factor = 0.0 L_c"),
     (AUTO, {"rl": -1.0}, r"\[particles\] rl = -1.0: must be > 0"),
     (AUTO, {"energy_tev": -1.0, "b0_microgauss": 3.0, "lc_pc": 10.0}, r"\[particles\] energy_tev = -1.0"),
 ])

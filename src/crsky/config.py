@@ -561,6 +561,9 @@ def resolve_resolution(table: dict, rl: float) -> dict:
     if table.get("lambda_min") == AUTO:
         _range(rl > 0.0, "particles", "rl", rl, "> 0 (r_L / L_c)")
         lambda_min = auto_lambda_min(rl, factor)
+        if not lambda_min > 0.0:  # a factor beyond float64 (1e308)
+            raise ConfigError(f"[turbulence] resonance_factor = {factor!r}: gives lambda_min = 2 pi r_L / "
+                              f"resonance_factor = {lambda_min!r} L_c at r_L / L_c = {rl:.4g}; must give > 0")
         if not lambda_min < lambda_max:
             raise ConfigError(
                 f"[turbulence] lambda_min = 'auto' = 2 pi r_L / resonance_factor = {lambda_min:.4g} L_c "
@@ -584,6 +587,12 @@ def resolve_resolution(table: dict, rl: float) -> dict:
         lambda_min = _check_type("turbulence", "lambda_min", table.get("lambda_min", TurbulenceConfig.lambda_min),
                                  "float")
         if lambda_min > 0.0 and lambda_max > lambda_min:  # else _validate names the bad range
+            count = density * math.log10(lambda_max / lambda_min)
+            if not count < 2**63:  # finite and an int64 (the memory check refuses far fewer modes)
+                raise ConfigError(
+                    f"[turbulence] n_modes = 'auto' gives modes_per_decade x log10(lambda_max / lambda_min) = "
+                    f"{density:g} x {math.log10(lambda_max / lambda_min):.4g} = {count:.3g} modes: must be < 2^63 "
+                    "(lower modes_per_decade or resonance_factor)")
             table["n_modes"] = modes_for_range(lambda_min, lambda_max, density)
         else:
             table["n_modes"] = 1
