@@ -12,7 +12,9 @@ raises :class:`ConfigError` with one line naming the key and its allowed range.
 The physics checks (docs/design.md, Physics checks) run with them: a spectrum that
 does not resolve the resonant scales is refused (:func:`check_resonance`), and
 :func:`physics_warnings` lists what is allowed but suspect (a run too short for the
-steady state, a step too large).
+steady state, a step too large). ``lambda_min`` and ``n_modes`` may be ``"auto"``,
+scaled with the gyroradius (:func:`resolve_resolution`), and :func:`estimate_cost`
+states what a run will cost.
 """
 
 from __future__ import annotations
@@ -110,9 +112,11 @@ class TurbulenceConfig:
     gamma : float
         Spectral index of the isotropic 3D spectrum ``1 / (1 + (k L_c)^gamma)``.
     lambda_min, lambda_max : float
-        Smallest and largest wavelength, in ``L_c``.
+        Smallest and largest wavelength, in ``L_c``. A config file may give
+        ``lambda_min = "auto"``: ``2 pi r_L / resonance_factor``.
     n_modes : int
-        Number of plane-wave modes.
+        Number of plane-wave modes. A config file may give ``n_modes = "auto"``:
+        ``ceil(modes_per_decade * log10(lambda_max / lambda_min))``.
     allow_unresolved : bool
         Accept a spectrum that does not resolve the resonant scales
         (:func:`check_resonance`). A permission, not physics: it is left out of
