@@ -94,11 +94,12 @@ def _cmd_run(args) -> int:
         print(f"crsky run: {physical}", file=sys.stderr)
     for warning in physics_warnings(config):
         print(f"crsky run: warning: {warning.message}", file=sys.stderr)
-    backend = resolve_backend(args.backend)  # cost of the whole run, on the backend that will run it
-    print(f"crsky run: {estimate_cost(config, backend=backend).describe(backend)}", file=sys.stderr)
     # The exclusive lock for the whole run: a second run or an analyze is refused
     # (naming this process) until it ends; the OS releases it however it ends.
     with RunStore(args.out).lock(exclusive=True, create_dir=True):
+        # once the run directory is ours: the cost of the whole run, on the backend that runs it
+        backend = resolve_backend(args.backend)
+        print(f"crsky run: {estimate_cost(config, backend=backend).describe(backend)}", file=sys.stderr)
         store = run_ensemble(config, args.out, backend=args.backend, force=args.force,
                              progress=not args.quiet, **options)
         if store.foreign_files:
