@@ -98,8 +98,9 @@ def _cmd_run(args) -> int:
     # (naming this process) until it ends; the OS releases it however it ends.
     with RunStore(args.out).lock(exclusive=True, create_dir=True):
         # once the run directory is ours: the cost of the whole run, on the backend that runs it
+        # (stdout, with the run's result line; stderr keeps a failure to one line)
         backend = resolve_backend(args.backend)
-        print(f"crsky run: {estimate_cost(config, backend=backend).describe(backend)}", file=sys.stderr)
+        print(f"crsky run: {estimate_cost(config, backend=backend).describe(backend)}", flush=True)
         store = run_ensemble(config, args.out, backend=args.backend, force=args.force,
                              progress=not args.quiet, **options)
         if store.foreign_files:
