@@ -29,8 +29,10 @@ def test_run_benchmarks_covers_modes_and_precisions():
     assert "mixed" in table and "float64" in table
 
 
-def test_bench_cli_json(monkeypatch, capsys):
-    # The CLI entry point with the measured cases shrunk (the real ones take minutes).
+def test_bench_cli_json(monkeypatch, capsys, tmp_path):
+    # The CLI entry point with the measured cases shrunk (the real ones take minutes);
+    # their throughput goes to a cache of the test's own, not the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     real = bench.run_benchmarks
 
     def small(backend="cpu", quick=False, progress=True):
@@ -43,6 +45,7 @@ def test_bench_cli_json(monkeypatch, capsys):
     assert isinstance(out, list) and len(out) == 2
     for case in out:
         assert set(case) >= {"n_modes", "mode_evals_per_s", "particle_steps_per_s", "backend", "dtype"}
+    assert (tmp_path / "crsky" / "throughput.json").exists()
 
 
 def test_machine_info():

@@ -27,9 +27,12 @@ it raises :class:`crsky.backends.BackendError` (the CLI exits 2 with that messag
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +49,12 @@ __all__ = [
     "start_state",
     "snapshot_steps",
     "device_name",
+    "throughput_cache_path",
+    "throughput_key",
+    "record_throughput",
+    "cached_throughput",
+    "default_throughput",
+    "DEFAULT_CPU_THROUGHPUT_PER_CORE",
 ]
 
 #: Work per case (mode evaluations) by precision: about 1.5 s per case at the
@@ -278,3 +287,109 @@ def format_table(results: list[dict]) -> str:
         if results[0].get("device"):
             lines.append(f"device: {results[0]['device']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------
+# Throughput cache: what `crsky bench` measured, for the cost estimate of `crsky run`
+# ---------------------------------------------------------------------------------
+#: File name of the throughput cache under the user cache directory.
+THROUGHPUT_CACHE_FILE = "throughput.json"
+#: Format version of the cache; entries of another version are ignored.
+_CACHE_VERSION = 1
+
+#: Mode evaluations per second and per core of an uncalibrated CPU: the paper preset's
+#: whole-run rate on the 2-vCPU development VM (3.4e9 /s mixed, docs/performance.md;
+#: float64 ~7e7 /s), divided by its 2 cores. A guess for another machine, to within a
+#: factor of a few; ``crsky bench --quick`` replaces it with a measurement.
+DEFAULT_CPU_THROUGHPUT_PER_CORE = {"mixed": 1.7e9, "float64": 3.5e7}
+
+
+def throughput_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/crsky/throughput.json`` (default ``~/.cache/crsky/...``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "crsky" / THROUGHPUT_CACHE_FILE
+
+
+def throughput_key(backend: str, precision: str) -> dict:
+    """What a measured throughput depends on: host, CPU model, LLVM target and vector
+    width, numba threads, numba version, backend, precision (and the GPU on CUDA)."""
+    import numba
+
+    from .backends import cuda_available
+
+    info = machine_info()
+    # no GPU here: no device to name (and nothing measured on it in the cache)
+    device = device_name(backend) if backend != "cuda" or cuda_available() else None
+    return {"host": platform.node(), "cpu": info["model"], "llvm_cpu": info["llvm_cpu"], "simd": info["simd"],
+            "threads": _threads(backend), "numba": numba.__version__, "backend": backend,
+            "precision": precision, "device": device}
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def _read_cache(path: Path) -> dict:
+    """The cache's entries (empty if missing, unreadable or of another format)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def record_throughput(results: list[dict], path: Path | None = None) -> Path:
+    """Store the median ``mode_evals_per_s`` of :func:`run_benchmarks` ``results`` per
+    backend and precision in the throughput cache (written atomically), keyed by
+    :func:`throughput_key`; other machines' entries are kept.
+
+    The median over the cases (64 to 1024 modes, the particle counts) is what a run
+    of any mode count gets to within the spread of docs/performance.md, Scaling.
+
+    Returns
+    -------
+    Path
+        The cache file.
+    """
+    path = throughput_cache_path() if path is None else Path(path)
+    entries = _read_cache(path)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["backend"], r["precision"]), []).append(r)
+    for (backend, precision), cases in groups.items():
+        key = throughput_key(backend, precision)
+        entries[_key_text(key)] = {
+            **key,
+            "mode_evals_per_s": statistics.median(c["mode_evals_per_s"] for c in cases),
+            "cases": len(cases),
+            "load_1min": cases[0].get("load_1min"),
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def cached_throughput(backend: str, precision: str, path: Path | None = None) -> dict | None:
+    """The cache entry of this machine, backend and precision, or ``None``.
+
+    The entry holds ``mode_evals_per_s``, ``measured`` (time) and the key fields.
+    """
+    path = throughput_cache_path() if path is None else Path(path)
+    entry = _read_cache(path).get(_key_text(throughput_key(backend, precision)))
+    if not isinstance(entry, dict) or not isinstance(entry.get("mode_evals_per_s"), (int, float)):
+        return None
+    return entry if entry["mode_evals_per_s"] > 0 else None
+
+
+def default_throughput(backend: str, precision: str) -> float | None:
+    """Uncalibrated throughput (mode evaluations / s) of this machine: on the CPU
+    :data:`DEFAULT_CPU_THROUGHPUT_PER_CORE` times the numba threads; ``None`` on CUDA
+    (no GPU rate has been measured to default to)."""
+    if backend != "cpu":
+        return None
+    return DEFAULT_CPU_THROUGHPUT_PER_CORE[precision] * _threads(backend)

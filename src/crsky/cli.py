@@ -153,7 +153,9 @@ def _cmd_extend(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .config import LARGE_RUN_BYTES, check_resources, describe_physical, load_config, physics_warnings
+    from .backends import resolve_backend
+    from .config import (LARGE_RUN_BYTES, check_resources, describe_physical, estimate_cost, load_config,
+                         physics_warnings)
     from .ensemble import run_ensemble
     from .store import RunStore
 
@@ -175,6 +177,10 @@ def _cmd_run(args) -> int:
     # The exclusive lock for the whole run: a second run or an analyze is refused
     # (naming this process) until it ends; the OS releases it however it ends.
     with RunStore(args.out).lock(exclusive=True, create_dir=True):
+        # once the run directory is ours: the cost of the whole run, on the backend that runs it
+        # (stdout, with the run's result line; stderr keeps a failure to one line)
+        backend = resolve_backend(args.backend)
+        print(f"crsky run: {estimate_cost(config, backend=backend).describe(backend)}", flush=True)
         store = run_ensemble(config, args.out, backend=args.backend, force=args.force,
                              progress=not args.quiet, **options)
         if store.foreign_files:
@@ -293,10 +299,16 @@ def _cmd_bgk(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, run_benchmarks
+    from .bench import format_table, record_throughput, run_benchmarks
 
     results = run_benchmarks(backend=args.backend, quick=args.quick, progress=not args.json)
     print(json.dumps(results, indent=1) if args.json else format_table(results))
+    try:
+        cache = record_throughput(results)  # what `crsky run` states its wall time from
+    except OSError as exc:  # the measurement is printed; only the cache is lost
+        print(f"crsky bench: warning: throughput not cached: {exc}", file=sys.stderr)
+    else:
+        print(f"crsky bench: throughput of this machine cached in {cache}", file=sys.stderr)
     return 0
 
 

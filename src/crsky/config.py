@@ -12,7 +12,9 @@ raises :class:`ConfigError` with one line naming the key and its allowed range.
 The physics checks (docs/design.md, Physics checks) run with them: a spectrum that
 does not resolve the resonant scales is refused (:func:`check_resonance`), and
 :func:`physics_warnings` lists what is allowed but suspect (a run too short for the
-steady state, a step too large).
+steady state, a step too large). ``lambda_min`` and ``n_modes`` may be ``"auto"``,
+scaled with the gyroradius (:func:`resolve_resolution`), and :func:`estimate_cost`
+states what a run will cost.
 """
 
 from __future__ import annotations
@@ -49,8 +51,16 @@ __all__ = [
     "resolve_config",
     "ResourceEstimate",
     "estimate_resources",
+    "CostEstimate",
+    "estimate_cost",
     "check_resources",
     "check_resonance",
+    "AUTO",
+    "DEFAULT_RESONANCE_FACTOR",
+    "DEFAULT_MODES_PER_DECADE",
+    "auto_lambda_min",
+    "modes_for_range",
+    "resolve_resolution",
     "PhysicsWarning",
     "physics_warnings",
     "parallel_mean_free_path",
@@ -102,13 +112,27 @@ class TurbulenceConfig:
     gamma : float
         Spectral index of the isotropic 3D spectrum ``1 / (1 + (k L_c)^gamma)``.
     lambda_min, lambda_max : float
-        Smallest and largest wavelength, in ``L_c``.
+        Smallest and largest wavelength, in ``L_c``. A config file may give
+        ``lambda_min = "auto"``: ``2 pi r_L / resonance_factor``.
     n_modes : int
-        Number of plane-wave modes.
+        Number of plane-wave modes. A config file may give ``n_modes = "auto"``:
+        ``ceil(modes_per_decade * log10(lambda_max / lambda_min))``.
     allow_unresolved : bool
         Accept a spectrum that does not resolve the resonant scales
         (:func:`check_resonance`). A permission, not physics: it is left out of
         :meth:`RunConfig.digest` and written to TOML only when true.
+    resonance_factor : float or None
+        ``2 pi r_L / lambda_min`` of the resolution policy: set when ``lambda_min =
+        "auto"`` was resolved with it (default :data:`DEFAULT_RESONANCE_FACTOR`),
+        ``None`` for an explicit ``lambda_min``.
+    modes_per_decade : float or None
+        Modes per decade of wavelength of the resolution policy: set when ``n_modes
+        = "auto"`` was resolved with it (default :data:`DEFAULT_MODES_PER_DECADE`),
+        ``None`` for an explicit ``n_modes``.
+
+    ``lambda_min`` and ``n_modes`` always hold the resolved numbers, which alone
+    define the field; the two policy keys record where they came from and are left
+    out of :meth:`RunConfig.digest` (:func:`resolve_resolution`).
     """
 
     geometry: str = "isotropic"
@@ -119,6 +143,8 @@ class TurbulenceConfig:
     lambda_max: float = 100.0
     n_modes: int = 256
     allow_unresolved: bool = False
+    resonance_factor: float | None = None
+    modes_per_decade: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,10 +280,12 @@ class RunConfig:
         return text
 
     def physics_dict(self) -> dict[str, dict[str, Any]]:
-        """:meth:`to_dict` without the permissions (``allow_unresolved``): what the
-        run computes, and so what identifies it."""
+        """:meth:`to_dict` without the permissions (``allow_unresolved``) and the
+        resolution-policy record (``resonance_factor``, ``modes_per_decade``): what
+        the run computes, and so what identifies it. An ``"auto"`` configuration has
+        the digest of the same numbers given explicitly."""
         out = self.to_dict()
-        for section, key in _PERMISSION_KEYS:
+        for section, key in _PERMISSION_KEYS + _POLICY_KEYS:
             out[section].pop(key, None)
         return out
 
@@ -281,6 +309,9 @@ class RunConfig:
 #: configuration (to resume it after a check was added) keeps its identity.
 _PERMISSION_KEYS = (("turbulence", "allow_unresolved"),)
 _PERMISSIONS = {key for _, key in _PERMISSION_KEYS}
+#: Keys that record how ``lambda_min`` and ``n_modes`` were chosen (the resolution
+#: policy), not what is computed: out of the digest, like the permissions.
+_POLICY_KEYS = (("turbulence", "resonance_factor"), ("turbulence", "modes_per_decade"))
 
 #: Table of a physical-unit run's config.toml with the values derived from its inputs.
 DERIVED_TABLE = "derived"
@@ -508,6 +539,125 @@ def _resolve_particles(table: dict) -> dict:
     return {**table, **values, "rl": rl}
 
 
+#: The value of ``[turbulence] lambda_min`` and ``n_modes`` that asks for the resolution policy.
+AUTO = "auto"
+
+#: Default ``2 pi r_L / lambda_min`` of ``lambda_min = "auto"``: the paper's ``2 pi
+#: 0.1 / 0.01 = 20 pi = 62.83``, so that ``lambda_min = r_L / 10``. The resonant
+#: wavelengths ``2 pi r_L |mu|`` are then resolved down to ``|mu| = 1 / 20 pi = 0.016``
+#: at every rigidity, as in the paper at ``r_L = 0.1 L_c``.
+DEFAULT_RESONANCE_FACTOR = 20.0 * math.pi
+
+#: Default modes per decade of wavelength of ``n_modes = "auto"``: the paper's 256
+#: modes over the 4 decades from 0.01 to 100 ``L_c``.
+DEFAULT_MODES_PER_DECADE = 64.0
+
+#: Slack of ``ceil`` in :func:`modes_for_range`: a product within 1e-9 above a whole
+#: number is that number (``64 * log10(1e4)`` is 256, not 257, whatever the rounding).
+_CEIL_SLACK = 1e-9
+
+
+def auto_lambda_min(rl: float, resonance_factor: float = DEFAULT_RESONANCE_FACTOR) -> float:
+    """``lambda_min = 2 pi r_L / resonance_factor`` (``L_c``), the resolution policy's
+    smallest wavelength for ``r_L / L_c = rl``."""
+    return 2.0 * math.pi * rl / resonance_factor
+
+
+def modes_for_range(lambda_min: float, lambda_max: float,
+                    modes_per_decade: float = DEFAULT_MODES_PER_DECADE) -> int:
+    """``n_modes = ceil(modes_per_decade * log10(lambda_max / lambda_min))``, at least 1."""
+    count = modes_per_decade * math.log10(lambda_max / lambda_min)
+    return max(1, math.ceil(count - _CEIL_SLACK))
+
+
+def resolve_resolution(table: dict, rl: float) -> dict:
+    """Resolve ``lambda_min = "auto"`` and ``n_modes = "auto"`` of a ``[turbulence]``
+    table for ``r_L / L_c = rl`` (docs/design.md, Resolution policy).
+
+    ``lambda_min = 2 pi r_L / resonance_factor`` (:func:`auto_lambda_min`) and
+    ``n_modes = ceil(modes_per_decade * log10(lambda_max / lambda_min))``
+    (:func:`modes_for_range`); the table returned holds the resolved numbers and the
+    policy values used (``resonance_factor``, ``modes_per_decade``), which stay out of
+    the digest. Explicit values win; a policy key given with an explicit value must be
+    the one it records (a run's config.toml, read back), else it is refused.
+
+    Raises
+    ------
+    ConfigError
+        A value neither a number nor ``"auto"``, a policy key out of range or not
+        matching an explicit value, or an ``"auto"`` ``lambda_min`` not below
+        ``lambda_max``.
+    """
+    table = dict(table)
+    given_factor, given_density = table.get("resonance_factor"), table.get("modes_per_decade")
+    for key, kind in (("lambda_min", "a number (in L_c)"), ("n_modes", "an integer")):
+        value = table.get(key)
+        if isinstance(value, str) and value != AUTO:
+            raise ConfigError(f"[turbulence] {key} = {value!r}: must be {kind} or {AUTO!r}")
+    factor = DEFAULT_RESONANCE_FACTOR if given_factor is None else \
+        _check_type("turbulence", "resonance_factor", given_factor, "float")
+    _range(factor >= RESONANCE_RESOLUTION, "turbulence", "resonance_factor", factor,
+           f">= {RESONANCE_RESOLUTION:g} (2 pi r_L / lambda_min; the paper has 20 pi = 62.83)")
+    density = DEFAULT_MODES_PER_DECADE if given_density is None else \
+        _check_type("turbulence", "modes_per_decade", given_density, "float")
+    _range(density > 0.0, "turbulence", "modes_per_decade", density, "> 0 (the paper has 64)")
+    lambda_max = _check_type("turbulence", "lambda_max", table.get("lambda_max", TurbulenceConfig.lambda_max),
+                             "float")
+
+    if table.get("lambda_min") == AUTO:
+        _range(rl > 0.0, "particles", "rl", rl, "> 0 (r_L / L_c)")
+        lambda_min = auto_lambda_min(rl, factor)
+        if not lambda_min > 0.0:  # a factor beyond float64 (1e308)
+            raise ConfigError(f"[turbulence] resonance_factor = {factor!r}: gives lambda_min = 2 pi r_L / "
+                              f"resonance_factor = {lambda_min!r} L_c at r_L / L_c = {rl:.4g}; must give > 0")
+        if not lambda_min < lambda_max:
+            raise ConfigError(
+                f"[turbulence] lambda_min = 'auto' = 2 pi r_L / resonance_factor = {lambda_min:.4g} L_c "
+                f"(r_L / L_c = {rl:.4g}) is not below lambda_max = {lambda_max!r}: raise lambda_max or give "
+                "lambda_min explicitly"
+            )
+        table["lambda_min"], table["resonance_factor"] = lambda_min, factor
+    elif given_factor is not None:
+        lambda_min = _check_type("turbulence", "lambda_min", table.get("lambda_min", TurbulenceConfig.lambda_min),
+                                 "float")
+        expected = auto_lambda_min(rl, factor)
+        if not math.isclose(lambda_min, expected, rel_tol=1e-12):
+            raise ConfigError(
+                f"[turbulence] resonance_factor = {factor!r} applies to lambda_min = 'auto' (it gives "
+                f"{expected:.6g} L_c at r_L / L_c = {rl:.4g}), not to lambda_min = {lambda_min!r}: "
+                "set lambda_min = 'auto' or remove resonance_factor"
+            )
+        table["resonance_factor"] = factor
+
+    if table.get("n_modes") == AUTO:
+        lambda_min = _check_type("turbulence", "lambda_min", table.get("lambda_min", TurbulenceConfig.lambda_min),
+                                 "float")
+        if lambda_min > 0.0 and lambda_max > lambda_min:  # else _validate names the bad range
+            count = density * math.log10(lambda_max / lambda_min)
+            if not count < 2**63:  # finite and an int64 (the memory check refuses far fewer modes)
+                raise ConfigError(
+                    f"[turbulence] n_modes = 'auto' gives modes_per_decade x log10(lambda_max / lambda_min) = "
+                    f"{density:g} x {math.log10(lambda_max / lambda_min):.4g} = {count:.3g} modes: must be < 2^63 "
+                    "(lower modes_per_decade or resonance_factor)")
+            table["n_modes"] = modes_for_range(lambda_min, lambda_max, density)
+        else:
+            table["n_modes"] = 1
+        table["modes_per_decade"] = density
+    elif given_density is not None:
+        n_modes = _check_type("turbulence", "n_modes", table.get("n_modes", TurbulenceConfig.n_modes), "int")
+        lambda_min = _check_type("turbulence", "lambda_min", table.get("lambda_min", TurbulenceConfig.lambda_min),
+                                 "float")
+        expected = modes_for_range(lambda_min, lambda_max, density) if 0.0 < lambda_min < lambda_max else None
+        if n_modes != expected:
+            raise ConfigError(
+                f"[turbulence] modes_per_decade = {density!r} applies to n_modes = 'auto' (it gives "
+                f"{expected} modes from lambda_min = {lambda_min:.6g} to lambda_max = {lambda_max:g}), not to "
+                f"n_modes = {n_modes}: set n_modes = 'auto' or remove modes_per_decade"
+            )
+        table["modes_per_decade"] = density
+    return table
+
+
 def resolve_config(overrides: dict | None = None, preset: str = "quick", origin: str = "config",
                    *, strict: bool = True) -> RunConfig:
     """Build a validated :class:`RunConfig` from a preset and key-by-key overrides.
@@ -537,6 +687,8 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
     given = overrides.get("particles", {})
     both = "rl" in given and any(k in given for k in ("energy_tev", "b0_microgauss", "lc_pc"))
     merged["particles"] = _resolve_particles(merged["particles"])
+    rl = _check_type("particles", "rl", merged["particles"].get("rl", ParticlesConfig.rl), "float")
+    merged["turbulence"] = resolve_resolution(merged["turbulence"], rl)
     if both:
         # A resolved configuration (a run's config.toml) stores rl with the physical
         # inputs: accepted when rl is the one they give, so that it can be rerun.
@@ -992,6 +1144,92 @@ def estimate_resources(config: RunConfig) -> ResourceEstimate:
     analysis = realisations * 2 * snapshots * (lmax + 1) * 8 + 2**17
     disk_total = realisations * (per_file + _MANIFEST_RECORD_BYTES) + analysis
     return ResourceEstimate(memory_simulation, memory_analysis, per_file, disk_total)
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Compute and disk of a run, estimated from its configuration.
+
+    Attributes
+    ----------
+    mode_evaluations : int
+        ``realisations x particles x steps x n_modes`` (``steps = t_max / dt``): one
+        ``A_n xi_n cos(k_n . x + beta_n)`` term per mode, particle and step.
+    throughput : float or None
+        Mode evaluations per second assumed on this machine; ``None`` when unknown.
+    throughput_source : str
+        Where the throughput came from: ``"given"``, ``"calibrated"`` (the cache
+        ``crsky bench`` writes) or ``"uncalibrated default"``; ``"unknown"`` without one.
+    seconds : float or None
+        ``mode_evaluations / throughput``: wall time of the whole run on this machine.
+    disk_total : int
+        Bytes on disk (:func:`estimate_resources`).
+    """
+
+    mode_evaluations: int
+    throughput: float | None
+    throughput_source: str
+    seconds: float | None
+    disk_total: int
+
+    def describe(self, backend: str = "cpu") -> str:
+        """One line for the terminal: mode evaluations, wall time, disk."""
+        if self.seconds is None:
+            time_text = (f"wall time unknown (no {backend} throughput measured here; run "
+                         f"`crsky bench --quick --backend {backend}` to calibrate)")
+        else:
+            note = {"calibrated": "measured by crsky bench on this machine",
+                    "uncalibrated default": "uncalibrated default; `crsky bench --quick` calibrates",
+                    }.get(self.throughput_source, self.throughput_source)
+            time_text = (f"about {_duration(self.seconds)} on this machine ({backend}) at "
+                         f"{self.throughput:.2g} mode evaluations/s ({note})")
+        return (f"estimated cost: {self.mode_evaluations:.3g} mode evaluations, {time_text}; "
+                f"{_size(self.disk_total)} on disk")
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= length:
+            return f"{seconds / length:.3g} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def estimate_cost(config: RunConfig, throughput: float | None = None, backend: str = "cpu") -> CostEstimate:
+    """Mode evaluations, wall time and disk of a whole run, before it starts.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The validated configuration.
+    throughput : float, optional
+        Mode evaluations per second. By default the rate ``crsky bench`` measured on
+        this machine for ``backend`` and the config's field precision
+        (:func:`crsky.bench.cached_throughput`), else an uncalibrated default
+        (:func:`crsky.bench.default_throughput`; none on CUDA).
+    backend : {"cpu", "cuda"}
+        The backend that will run (already resolved from ``auto``).
+
+    Returns
+    -------
+    CostEstimate
+        Python integers for the counts, so that absurd sizes do not overflow.
+    """
+    from . import bench  # imports numba; bench imports this module
+
+    i = config.integration
+    steps = round(i.t_max / i.dt)
+    evaluations = config.ensemble.realisations * config.particles.n_particles * steps * config.turbulence.n_modes
+    if throughput is not None:
+        source = "given"
+    else:
+        entry = bench.cached_throughput(backend, i.precision)
+        if entry is not None:
+            throughput, source = float(entry["mode_evals_per_s"]), "calibrated"
+        else:
+            throughput = bench.default_throughput(backend, i.precision)
+            source = "uncalibrated default" if throughput is not None else "unknown"
+    seconds = evaluations / throughput if throughput else None
+    return CostEstimate(evaluations, throughput, source, seconds, estimate_resources(config).disk_total)
 
 
 def physical_memory() -> int | None:
