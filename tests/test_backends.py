@@ -140,3 +140,28 @@ def test_editing_a_kernel_invalidates_numbas_cache(tmp_path):
     edited = probe()
     assert (edited["hits"], edited["misses"]) == (0, 1)
     np.testing.assert_allclose(edited["v"], [np.cos(2.0), -np.sin(2.0), 0.0], atol=1e-14)  # |b| = 2
+
+
+@pytest.mark.parametrize("simulator", [False, True], ids=["no-gpu", "numba-simulator"])
+@pytest.mark.parametrize("command", [["bench"], ["run", "--quiet"]])
+def test_cuda_without_the_cuda_extra_is_one_line_exit_2(tmp_path, simulator, command):
+    # A real process in which numba-cuda (the cuda extra) cannot be found, as after a
+    # plain `pip install crsky`: numba.cuda is then numba's own CUDA target, whose
+    # simulator used to fail inside the kernel with a TypeError. `-W ignore` silences
+    # the warning of numba-cuda's import redirector, which is installed here but absent
+    # from an install without the extra.
+    code = ("import sys; sys.modules['numba_cuda'] = None\n"
+            "from crsky.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    if simulator:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    args = command + ["--backend", "cuda"] + (["--out", str(tmp_path / "run")] if command[0] == "run" else [])
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code, *args], capture_output=True, text=True,
+                         env=env, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if "warning:" not in line]  # physics warnings of `run`
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "pip install 'crsky[cuda]'" in errors[0] and "--backend cpu" in errors[0]
+    assert out.stdout == "" and not (tmp_path / "run").exists()

@@ -170,7 +170,7 @@ def test_refused_size_leaves_nothing_so_the_corrected_config_runs(tmp_path, caps
 
 def test_disk_too_small_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
     """The free space of the file system is the system's; here it is made 1 MiB to
-    refuse the quick preset (16 realisations of nside 8, 14 MiB) on any machine."""
+    refuse the quick preset (32 realisations of nside 16, 109 MiB) on any machine."""
     import collections
     import shutil
 
@@ -179,7 +179,7 @@ def test_disk_too_small_is_refused_with_the_estimate(tmp_path, capsys, monkeypat
     code = main(["run", "--out", str(tmp_path / "run"), "--backend", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "run too large for the disk: about 14 MiB more needed" in err and "1 MiB free" in err
+    assert "run too large for the disk: about 109 MiB more needed" in err and "1 MiB free" in err
     assert not (tmp_path / "run").exists()
 
 

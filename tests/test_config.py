@@ -15,8 +15,8 @@ from crsky.units import gyroradius_lc
 
 def test_quick_preset_is_the_default():
     cfg = resolve_config()
-    assert cfg.particles.nside == 8 and cfg.turbulence.n_modes == 128
-    assert cfg.ensemble.realisations == 16 and cfg.integration.t_max == 300.0
+    assert cfg.particles.nside == 16 and cfg.turbulence.n_modes == 64
+    assert cfg.ensemble.realisations == 32 and cfg.integration.t_max == 300.0
 
 
 def test_paper_preset_is_spec_section_6():
@@ -64,7 +64,10 @@ def test_charge_sign():
 #: Digests of the presets as resolved before slab_fraction, the step count and the
 #: snapshot schedule were checked: existing run directories must keep their identity.
 PAPER_DIGEST = "b961d1cd70768a1ae6677ca380f57ecbe3c58533ca0bbd6f14896baec7852c93"
-QUICK_DIGEST = "b0b35e60595b8411e45d90ee840c818bda702bd28eb8636c4404ea27320b8694"
+#: Changed deliberately when the quick preset was resized (64 modes, nside 16, 32
+#: realisations, so that Fig. 3 shows the perpendicular shape above the noise): a run
+#: directory of the old quick preset is a different configuration to `crsky run`.
+QUICK_DIGEST = "e2c316c99476a0f148bc584357b9e491db0d5f05d13b63325a34b308fee0b24f"
 
 PHYSICAL = {"energy_tev": 10.0, "b0_microgauss": 3.0, "lc_pc": 30.0}
 

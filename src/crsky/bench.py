@@ -28,6 +28,7 @@ it raises :class:`crsky.backends.BackendError` (the CLI exits 2 with that messag
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,6 +45,11 @@ __all__ = [
     "bench_case",
     "run_benchmarks",
     "format_table",
+    "format_row",
+    "table_header",
+    "table_footer",
+    "paper_mode_evaluations",
+    "paper_estimate",
     "machine_info",
     "precisions_of",
     "start_state",
@@ -220,7 +226,7 @@ def machine_info() -> dict:
 def run_benchmarks(
     backend: str = "cpu",
     quick: bool = False,
-    progress: bool = True,
+    progress=None,
     precisions: tuple[str, ...] | None = None,
     mode_counts: tuple[int, ...] = MODE_COUNTS,
     particle_counts: tuple[int, ...] | None = None,
@@ -234,6 +240,9 @@ def run_benchmarks(
     particle count and takes one timed run instead of three). Default particle
     counts: :data:`PARTICLE_COUNTS` on the CPU, :data:`CUDA_PARTICLE_COUNTS` (enough
     threads to fill a GPU) on CUDA.
+
+    ``progress``, if given, is called with each case's result as soon as it is
+    measured (the command line prints it as a row of :func:`format_table`).
 
     Raises
     ------
@@ -258,34 +267,103 @@ def run_benchmarks(
                 result = bench_case(n_modes, n_particles, n_steps, backend=backend,
                                     repeats=1 if quick else 3, precision=precision)
                 if progress:
-                    print(f"  {backend} {precision:7s} {n_modes:5d} modes {n_particles:6d} particles: "
-                          f"{result['mode_evals_per_s']:.3e} mode evals/s "
-                          f"(first call {result['first_call_s']:.2f} s)", flush=True)
+                    progress(result)
                 results.append(result)
     return results
 
 
-def format_table(results: list[dict]) -> str:
-    """A readable table of :func:`run_benchmarks` results."""
-    kernel = any(r.get("kernel_mode_evals_per_s") for r in results)  # CUDA: the kernel alone too
-    lines = [f"{'backend':>7} {'dtype':>7} {'modes':>6} {'particles':>9} {'steps':>7} "
-             f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5} {'cpu share':>9}"
-             + (f" {'kernel evals/s':>14}" if kernel else "")]
-    for r in results:
-        load = r.get("load_1min")
-        share = r.get("cpu_share")
-        rate = r.get("kernel_mode_evals_per_s")
-        lines.append(
-            f"{r['backend']:>7} {r['dtype']:>7} {r['n_modes']:>6} {r['n_particles']:>9} {r['n_steps']:>7} "
-            f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f} "
-            f"{'' if load is None else f'{load:.1f}':>5} "
-            f"{'' if share is None else f'{share:.2f}':>9}"
-            + (f" {'' if rate is None else f'{rate:.3e}':>14}" if kernel else "")
-        )
+def _has_kernel_rates(results: list[dict]) -> bool:
+    return any(r.get("kernel_mode_evals_per_s") for r in results)
+
+
+def table_header(kernel: bool = False) -> str:
+    """Column heads of :func:`format_table`; ``kernel`` adds the CUDA kernel-only rate."""
+    return (f"{'backend':>7} {'dtype':>7} {'modes':>6} {'particles':>9} {'steps':>7} "
+            f"{'mode evals/s':>13} {'particle steps/s':>16} {'first call s':>12} {'load':>5} {'cpu share':>9}"
+            + (f" {'kernel evals/s':>14}" if kernel else ""))
+
+
+def format_row(r: dict, kernel: bool = False) -> str:
+    """One case of :func:`run_benchmarks` as a row under :func:`table_header`."""
+    load = r.get("load_1min")
+    share = r.get("cpu_share")
+    rate = r.get("kernel_mode_evals_per_s")
+    return (
+        f"{r['backend']:>7} {r['dtype']:>7} {r['n_modes']:>6} {r['n_particles']:>9} {r['n_steps']:>7} "
+        f"{r['mode_evals_per_s']:>13.3e} {r['particle_steps_per_s']:>16.3e} {r['first_call_s']:>12.2f} "
+        f"{'' if load is None else f'{load:.1f}':>5} "
+        f"{'' if share is None else f'{share:.2f}':>9}"
+        + (f" {'' if rate is None else f'{rate:.3e}':>14}" if kernel else "")
+    )
+
+
+def paper_mode_evaluations() -> float:
+    """Mode evaluations of the ``paper`` preset: realisations x particles x steps x modes.
+
+    120 x 12288 x 20000 x 256 = 7.55e12, computed from :data:`crsky.config.PRESETS`
+    so that it follows the preset.
+    """
+    from .config import resolve_config
+
+    cfg = resolve_config(preset="paper")
+    steps = round(cfg.integration.t_max / cfg.integration.dt)
+    return float(cfg.ensemble.realisations) * cfg.particles.n_particles * steps * cfg.turbulence.n_modes
+
+
+def paper_estimate(results: list[dict]) -> dict | None:
+    """Estimated wall time of the ``paper`` preset from measured throughput.
+
+    :func:`paper_mode_evaluations` divided by the measured rate of the ``mixed``
+    precision (the presets' field) at the paper's 256 modes, taking the case whose
+    particle count is closest to one paper realisation (12288). An estimate of the
+    backtracking alone: it leaves out writing the files, the analysis and a machine
+    that is busier (or idler) than during the benchmark.
+
+    Returns
+    -------
+    dict or None
+        ``mode_evaluations``, ``mode_evals_per_s``, ``seconds`` and the ``case``
+        (modes, particles) it rests on; None when no mixed 256-mode case was measured.
+    """
+    from .config import resolve_config
+
+    paper = resolve_config(preset="paper")
+    cases = [r for r in results if r["precision"] == paper.integration.precision
+             and r["n_modes"] == paper.turbulence.n_modes]
+    if not cases:
+        return None
+    target = paper.particles.n_particles
+    case = min(cases, key=lambda r: abs(math.log(r["n_particles"] / target)))
+    evaluations = paper_mode_evaluations()
+    return {"mode_evaluations": evaluations, "mode_evals_per_s": case["mode_evals_per_s"],
+            "seconds": evaluations / case["mode_evals_per_s"],
+            "case": {"n_modes": case["n_modes"], "n_particles": case["n_particles"],
+                     "precision": case["precision"], "backend": case["backend"]}}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def table_footer(results: list[dict]) -> str:
+    """Lines under the table: the machine, and the estimated paper-preset wall time."""
+    lines = []
     if results:
         lines.append(f"machine: {results[0]['machine']}; threads: {results[0]['threads']}")
         if results[0].get("device"):
             lines.append(f"device: {results[0]['device']}")
+    estimate = paper_estimate(results)
+    if estimate is not None:
+        case = estimate["case"]
+        lines.append(
+            f"paper preset on this machine: about {_duration(estimate['seconds'])} (estimate: "
+            f"{estimate['mode_evaluations']:.3g} mode evaluations / {estimate['mode_evals_per_s']:.3g} per s, "
+            f"{case['backend']} {case['precision']} {case['n_modes']} modes {case['n_particles']} particles; "
+            "backtracking only)")
     return "\n".join(lines)
 
 
@@ -393,3 +471,9 @@ def default_throughput(backend: str, precision: str) -> float | None:
     if backend != "cpu":
         return None
     return DEFAULT_CPU_THROUGHPUT_PER_CORE[precision] * _threads(backend)
+def format_table(results: list[dict]) -> str:
+    """A readable table of :func:`run_benchmarks` results, with :func:`table_footer`."""
+    kernel = _has_kernel_rates(results)
+    lines = [table_header(kernel)] + [format_row(r, kernel) for r in results]
+    footer = table_footer(results)
+    return "\n".join(lines + ([footer] if footer else []))

@@ -214,10 +214,13 @@ def trace(positions, velocities, modes, rl, dt, snapshot_steps, sign=1, backend=
     backend : str or crsky.backends.Backend
         ``cpu``, ``cuda`` or ``auto`` (with ``precision``), or a backend object.
     precision : {"float64", "mixed"}
-        Field evaluation, on either backend. ``mixed`` is the fast path; its
-        algorithm differs between backends (:mod:`crsky.backends.cpu_mixed`,
-        :mod:`crsky.backends.cuda`), both with a field error below 1e-6 of the rms
-        field.
+        Field evaluation, on either backend. The library's default is ``float64``,
+        the reference; every preset, and so the command line, uses ``mixed``, the
+        fast path (~30x faster on the CPU, statistically the same results,
+        docs/performance.md): pass ``precision="mixed"`` to get what ``crsky run``
+        computes. The mixed algorithm differs between backends
+        (:mod:`crsky.backends.cpu_mixed`, :mod:`crsky.backends.cuda`), both with a
+        field error below 1e-6 of the rms field.
 
     Returns
     -------
@@ -277,6 +280,9 @@ def backtrack_many(directions, modes, rl, dt, snapshot_steps, charge_sign=1, bac
 
 def backtrack(directions, modes, rl, dt, snapshot_steps, charge_sign=1, backend="cpu", precision="float64"):
     """:func:`backtrack_many` through one realisation ``modes`` (7, N).
+
+    The default ``precision="float64"`` is the reference field; the presets (and
+    ``crsky run``) use ``"mixed"``, ~30x faster (see :func:`trace`).
 
     Returns
     -------

@@ -31,6 +31,9 @@ __all__ = [
     "BACKENDS",
     "VECTOR_BITS_ENV",
     "configure_cpu_vectors",
+    "cuda_available",
+    "cuda_simulated",
+    "cuda_unavailable_reason",
     "get_backend",
     "resolve_backend",
     "wide_vector_features",
@@ -120,18 +123,38 @@ def cuda_simulated() -> bool:
     return bool(getattr(config, "ENABLE_CUDASIM", False))
 
 
-def cuda_available() -> bool:
-    """True when numba-cuda is importable and sees a GPU (or its simulator is enabled)."""
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA backend cannot run here and what to do, in one line; None when it can.
+
+    The backend needs the ``cuda`` extra, numba-cuda. Without it ``numba.cuda`` is
+    numba's own, older CUDA target, whose simulator fails inside crsky's kernels, so
+    its absence is checked first (by package, without importing it). With numba-cuda,
+    numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, for tests) counts as usable;
+    otherwise a GPU must be visible to the driver.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        return ("the cuda extra (numba-cuda) is not installed: pip install 'crsky[cuda]' "
+                "(needs an NVIDIA GPU and its driver), or use --backend cpu")
     try:
         from numba import cuda
-    except ImportError:
-        return False
+    except ImportError as exc:
+        return f"numba.cuda cannot be imported ({exc}): reinstall 'crsky[cuda]', or use --backend cpu"
     if cuda_simulated():
-        return True
+        return None
     try:
-        return bool(cuda.is_available())
+        if cuda.is_available():
+            return None
     except Exception:  # driver present but broken: no usable GPU
-        return False
+        pass
+    return ("no CUDA GPU is usable here (numba-cuda finds no NVIDIA GPU or driver): run on a machine "
+            "with one, or use --backend cpu")
+
+
+def cuda_available() -> bool:
+    """True when numba-cuda is installed and sees a GPU (or its simulator is enabled)."""
+    return cuda_unavailable_reason() is None
 
 
 def resolve_backend(name: str) -> str:
@@ -139,10 +162,11 @@ def resolve_backend(name: str) -> str:
 
     Raises
     ------
-    ValueError
+    InputError
         For an unknown name.
     BackendError
-        For ``cuda`` without a usable GPU (never a silent CPU run).
+        For ``cuda`` where it cannot run (:func:`cuda_unavailable_reason`), with one
+        line that says why and what to install; never a silent CPU run.
     """
     if name not in BACKENDS:
         raise InputError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
@@ -150,10 +174,8 @@ def resolve_backend(name: str) -> str:
         # Never the simulator: it is for tests, thousands of times slower than the CPU.
         return "cuda" if cuda_available() and not cuda_simulated() else "cpu"
     if name == "cuda" and not cuda_available():
-        raise BackendError(
-            "backend 'cuda' requested but no CUDA GPU is usable here "
-            "(install crsky[cuda] on a machine with an NVIDIA GPU, or use --backend cpu)"
-        )
+        reason = cuda_unavailable_reason() or "no CUDA GPU is usable here: use --backend cpu"
+        raise BackendError(f"backend 'cuda' requested but {reason}")
     return name
 
 
