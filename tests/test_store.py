@@ -171,3 +171,19 @@ def test_refused_start_leaves_no_directory_or_lock_behind(tmp_path, cfg):
     with pytest.raises(RunDirError, match="not a crsky run directory"):
         RunStore.open(user, cfg, force=True)
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+def test_realisation_file_says_what_a_pixel_is(tmp_path, cfg):
+    # A user opening a realisation file cold learns the HEALPix ordering and nside, and
+    # that pixel i is the momentum direction at T = 0 (arrival direction -p_i).
+    import healpy as hp
+    import xarray as xr
+
+    store = run_ensemble(cfg, tmp_path / "run", backend="cpu", progress=False)
+    with xr.open_dataset(store.realisation_path(0), engine="h5netcdf") as ds:
+        for attrs in (ds.attrs, ds["pixel"].attrs):
+            assert attrs["healpix_ordering"] == "RING"
+            assert attrs["healpix_nside"] == cfg.particles.nside == hp.npix2nside(ds.sizes["pixel"])
+            assert attrs["pixel_direction"] == "momentum"
+            assert "-p_i" in attrs["pixel_convention"]
+        np.testing.assert_array_equal(ds["pixel"].values, np.arange(hp.nside2npix(cfg.particles.nside)))

@@ -322,18 +322,7 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="crsky",
-        description="Backtrack cosmic rays through synthetic turbulent magnetic fields; sky maps and "
-        "angular power spectra of the small-scale anisotropy (Mertsch & Ahlers 2015). Code units: "
-        "lengths in L_c, times as t Omega, diffusion coefficients in L_c c.",
-    )
-    parser.add_argument("--version", action="version", version=f"crsky {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="on a failure, print the Python traceback (default: one line)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_run_command(sub) -> None:
     run = sub.add_parser(
         "run", help="backtrack an ensemble of realisations into a run directory (resumes)",
         description="Backtrack cosmic rays through an ensemble of turbulent-field realisations. "
@@ -357,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "run's own; resumable like a run (docs/rundir.md)")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_analyze_command(sub) -> None:
     analyze = sub.add_parser(
         "analyze", help="diffusion tensors, maps, power spectra, noise, sum rules of a run",
         description="Analyse RUN_DIR (docs/analysis.md): verifies every realisation against the "
@@ -383,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "same T. Stored in analysis.nc (K_map, K_source) and summary.json (K_map)")
     analyze.set_defaults(func=_cmd_analyze)
 
+
+def _add_plot_command(sub) -> None:
     plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
                           description="Write PNG and PDF figures to RUN_DIR/figures/ from RUN_DIR/analysis.nc "
                           "alone; it must be the current analysis of the run (else: exit 2, run "
@@ -392,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measured spectrum to overlay: columns ell, C_ell, error[, noise]")
     plot.set_defaults(func=_cmd_plot)
 
+
+def _add_reproduce_command(sub) -> None:
     reproduce = sub.add_parser("reproduce", help="run + analyze + plot: the paper's experiment",
                                description="Run the ensemble of the preset (or of CONFIG over it; "
                                "resumable), analyse it and write the figures; prints the summary table, "
@@ -410,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_options(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
+
+def _add_bgk_command(sub) -> None:
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (Mertsch & Ahlers 2015, eq. 4.7)",
                          description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
     bgk.add_argument("--p", type=float, required=True, help="exponent p, 0 < p < 1")
@@ -417,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     bgk.add_argument("--json", action="store_true", help="print JSON")
     bgk.set_defaults(func=_cmd_bgk)
 
+
+def _add_bench_command(sub) -> None:
     bench = sub.add_parser("bench", help="kernel throughput (mode evaluations per second)",
                            description="Measure mode evaluations and particle steps per second "
                            "for 64, 256 and 1024 modes in both field precisions (float64, mixed); "
@@ -430,6 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "(under 30 s on 2 cores once the kernels are compiled)")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crsky",
+        description="Backtrack cosmic rays through synthetic turbulent magnetic fields; sky maps and "
+        "angular power spectra of the small-scale anisotropy (Mertsch & Ahlers 2015). Code units: "
+        "lengths in L_c, times as t Omega, diffusion coefficients in L_c c.",
+    )
+    parser.add_argument("--version", action="version", version=f"crsky {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on a failure, print the Python traceback (default: one line)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run_command(sub)
+    _add_analyze_command(sub)
+    _add_plot_command(sub)
+    _add_reproduce_command(sub)
+    _add_bgk_command(sub)
+    _add_bench_command(sub)
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

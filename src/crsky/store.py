@@ -276,8 +276,13 @@ def realisation_dataset(config: RunConfig, index: int, t_omega, x, p, attrs: dic
     """The xarray Dataset stored for one realisation.
 
     Dimensions ``time`` (snapshots), ``pixel`` (HEALPix RING index of the direction
-    ``p(0)``) and ``component`` (x, y, z).
+    ``p(0)``) and ``component`` (x, y, z). The ``pixel`` coordinate and the file's
+    attributes say so (``healpix_ordering``, ``healpix_nside``, ``pixel_direction``,
+    ``pixel_convention``: :func:`crsky.analysis.map_attributes`).
     """
+    from .analysis.sky import map_attributes  # analysis imports the store: import on use
+
+    pixels = map_attributes(config.particles.nside)
     dtype = np.dtype(config.output.precision)
     ds = xr.Dataset(
         {
@@ -288,7 +293,8 @@ def realisation_dataset(config: RunConfig, index: int, t_omega, x, p, attrs: dic
         },
         coords={
             "t_omega": ("time", np.asarray(t_omega, dtype=np.float64), {"long_name": "Omega T", "units": "1"}),
-            "pixel": np.arange(np.shape(x)[1]),
+            "pixel": ("pixel", np.arange(np.shape(x)[1]),
+                      {"long_name": "HEALPix pixel (RING) of the momentum direction p at T = 0", **pixels}),
             "component": ["x", "y", "z"],
         },
         attrs={
@@ -298,6 +304,7 @@ def realisation_dataset(config: RunConfig, index: int, t_omega, x, p, attrs: dic
             "config": config.to_json(),
             "config_sha256": config.digest(),
             "crsky_version": __version__,
+            **pixels,
             **(attrs or {}),
         },
     )
