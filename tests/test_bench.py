@@ -46,11 +46,14 @@ def test_bench_cli_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     _small_cases(monkeypatch)
     assert main(["bench", "--json", "--quick"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert isinstance(out, list) and len(out) == 4
     for case in out:
         assert set(case) >= {"n_modes", "mode_evals_per_s", "particle_steps_per_s", "backend", "dtype"}
-    assert (tmp_path / "crsky" / "throughput.json").exists()
+    # 4 particles is no standard size: the cost estimate of later runs is not taken from it
+    assert "throughput not cached: no case of the standard sizes" in captured.err
+    assert not (tmp_path / "crsky" / "throughput.json").exists()
 
 
 def test_bench_cli_prints_each_case_once_and_the_paper_estimate(monkeypatch, capsys, tmp_path):

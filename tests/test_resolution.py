@@ -168,9 +168,14 @@ def test_uncalibrated_cost_says_so(tmp_path, monkeypatch):
 
 def test_bench_results_are_cached_and_read_by_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    # a tiny measurement of the path the small config runs (mixed): ~1e5 mode evaluations per case
-    results = bench.run_benchmarks(quick=True, progress=False, precisions=("mixed",), mode_counts=(16, 32),
-                                   particle_counts=(64,), work={"mixed": 2e6})
+    # a toy measurement (8 modes, 4 particles) is dominated by overheads: never cached
+    toy = bench.run_benchmarks(quick=True, progress=False, precisions=("mixed",), mode_counts=(8,),
+                               particle_counts=(4,), work={"mixed": 2e5})
+    assert bench.record_throughput(toy) is None
+    assert not (tmp_path / "cache").exists()
+    # a short measurement of the path the small config runs (mixed), standard sizes: ~2e6 mode evaluations per case
+    results = bench.run_benchmarks(quick=True, progress=False, precisions=("mixed",), mode_counts=(64, 256),
+                                   particle_counts=(768,), work={"mixed": 2e6})
     path = bench.record_throughput(results)
     assert path == tmp_path / "cache" / "crsky" / "throughput.json"
     entries = json.loads(path.read_text())["entries"]

@@ -418,23 +418,31 @@ def _read_cache(path: Path) -> dict:
     return data["entries"]
 
 
-def record_throughput(results: list[dict], path: Path | None = None) -> Path:
+def record_throughput(results: list[dict], path: Path | None = None) -> Path | None:
     """Store the median ``mode_evals_per_s`` of :func:`run_benchmarks` ``results`` per
     backend and precision in the throughput cache (written atomically), keyed by
     :func:`throughput_key`; other machines' entries are kept.
 
     The median over the cases (64 to 1024 modes, the particle counts) is what a run
-    of any mode count gets to within the spread of docs/performance.md, Scaling.
+    of any mode count gets to within the spread of docs/performance.md, Scaling. Only
+    cases of the standard sizes (:data:`MODE_COUNTS` and the particle counts of the
+    CPU or CUDA benchmark) are recorded: a toy case (a few modes, a few particles) is
+    dominated by overheads and would misstate every later run's wall time.
 
     Returns
     -------
-    Path
-        The cache file.
+    Path or None
+        The cache file; ``None`` if no case of the standard sizes was measured
+        (nothing is written).
     """
+    standard = [r for r in results if r["n_modes"] in MODE_COUNTS
+                and r["n_particles"] in (*PARTICLE_COUNTS, *CUDA_PARTICLE_COUNTS)]
+    if not standard:
+        return None
     path = throughput_cache_path() if path is None else Path(path)
     entries = _read_cache(path)
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
+    for r in standard:
         groups.setdefault((r["backend"], r["precision"]), []).append(r)
     for (backend, precision), cases in groups.items():
         key = throughput_key(backend, precision)

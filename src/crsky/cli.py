@@ -318,7 +318,10 @@ def _cmd_bench(args) -> int:
     except OSError as exc:  # the measurement is printed; only the cache is lost
         print(f"crsky bench: warning: throughput not cached: {exc}", file=sys.stderr)
     else:
-        print(f"crsky bench: throughput of this machine cached in {cache}", file=sys.stderr)
+        if cache is None:
+            print("crsky bench: throughput not cached: no case of the standard sizes was measured", file=sys.stderr)
+        else:
+            print(f"crsky bench: throughput of this machine cached in {cache}", file=sys.stderr)
     return 0
 
 
