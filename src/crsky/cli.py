@@ -37,14 +37,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
-    return value
+def _positive_finite(what: str):
+    """An argparse type: a positive, finite number; ``what`` names it in the message."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not (value > 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number ({what})")
+        return value
+
+    return parse
 
 
 def _gradient_option(text: str) -> tuple[str, tuple[float, float, float]]:
@@ -95,16 +99,6 @@ def _analysis_gradients(extra) -> dict | None:
     return gradients
 
 
-def _t_omega(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (t Omega)") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite t Omega")
-    return value
-
-
 def _executor_options(args) -> dict:
     """``run_ensemble`` keywords of the executor options shared by ``run`` and ``reproduce``."""
     from .scheduler import CONNECT_TIMEOUT_S, check_scheduler_address
@@ -124,7 +118,7 @@ def _add_executor_options(parser) -> None:
     group.add_argument("--workers", type=_positive_int, default=1,
                        help="local worker processes (default 1: this process, all cores); "
                        "at most one per CPU core and per pending realisation")
-    parser.add_argument("--connect-timeout", type=_positive_seconds, metavar="SECONDS",
+    parser.add_argument("--connect-timeout", type=_positive_finite("seconds"), metavar="SECONDS",
                         help="seconds to wait for the scheduler to answer (default 30)")
 
 
@@ -343,7 +337,7 @@ def _add_run_command(sub) -> None:
                      help="start over: remove the files crsky wrote in RUN_DIR (a crsky run only; other "
                      "files are kept) and run anew (docs/rundir.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--extend", type=_t_omega, metavar="T_MAX",
+    run.add_argument("--extend", type=_positive_finite("t Omega"), metavar="T_MAX",
                      help="continue the complete run in --out to t Omega = T_MAX (a whole number of steps, later "
                      "than its t_max; float64 output), adding log-spaced snapshots; CONFIG, if given, must be the "
                      "run's own; resumable like a run (docs/rundir.md)")
