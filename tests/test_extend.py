@@ -249,10 +249,15 @@ def test_extended_run_records_its_history_and_analyses_unchanged(tiny_run, tiny_
         np.testing.assert_array_equal(ds["t_omega"].values, run_schedule(new.config().integration)[1])
 
 
-def test_an_extended_run_extends_again(tiny_extended, tmp_path):
+def test_an_extended_run_extends_again(tiny_extended, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_extended, run)
+    capsys.readouterr()
     assert main(["run", "--out", str(run), "--extend", "100", "--backend", "cpu", "--quiet"]) == 0
+    # the cost stated before the work is that of the added steps only: t Omega 60 -> 100 at dt 0.1,
+    # 2 realisations x 12 particles x 8 modes
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "estimated cost" in line]
+    assert line.startswith(f"crsky run: extension estimated cost: {2 * 12 * 400 * 8:.3g} mode evaluations")
     config = RunStore.existing(run).config()
     assert [s["t_max"] for s in config.integration.extended_from] == [20.0, 60.0]
     assert [e["t_max"] for e in RunStore(run).manifest()["extensions"]] == [60.0, 100.0]

@@ -132,13 +132,21 @@ def _local_workers(args, config) -> int:
 
 def _cmd_extend(args) -> int:
     """``crsky run --out RUN --extend T_MAX [CONFIG]`` (docs/rundir.md, Extending a run)."""
-    from .config import load_config
-    from .ensemble import extend_run
+    from .backends import resolve_backend
+    from .config import estimate_cost, load_config, physics_warnings
+    from .ensemble import check_extension, extend_run
 
     if args.force:
         raise UsageError("--force cannot be combined with --extend (extending keeps every realisation)")
     given = load_config(args.config, preset=args.preset) if args.config else None
     options = _executor_options(args)
+    _, stored, extended = check_extension(args.out, args.extend, given)  # bad input before any note
+    for warning in physics_warnings(extended):
+        print(f"crsky run: warning: {warning.message}", file=sys.stderr)
+    if stored is not None:  # None: an interrupted commit, nothing left to compute
+        backend = resolve_backend(args.backend)
+        cost = estimate_cost(extended, backend=backend, from_t_omega=stored.integration.t_max)
+        print(f"crsky run: extension {cost.describe(backend)}", flush=True)
     store = extend_run(args.out, args.extend, given, backend=args.backend, progress=not args.quiet, **options)
     config = store.config()
     print(f"crsky run: {len(store.completed())}/{config.ensemble.realisations} realisations extended to "

@@ -1198,7 +1198,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2g} s"
 
 
-def estimate_cost(config: RunConfig, throughput: float | None = None, backend: str = "cpu") -> CostEstimate:
+def estimate_cost(config: RunConfig, throughput: float | None = None, backend: str = "cpu",
+                  from_t_omega: float = 0.0) -> CostEstimate:
     """Mode evaluations, wall time and disk of a whole run, before it starts.
 
     Parameters
@@ -1212,6 +1213,9 @@ def estimate_cost(config: RunConfig, throughput: float | None = None, backend: s
         (:func:`crsky.bench.default_throughput`; none on CUDA).
     backend : {"cpu", "cuda"}
         The backend that will run (already resolved from ``auto``).
+    from_t_omega : float
+        ``Omega T`` the trajectories start from: 0 for a run, the old ``t_max`` for an
+        extension (only the added steps cost).
 
     Returns
     -------
@@ -1221,7 +1225,7 @@ def estimate_cost(config: RunConfig, throughput: float | None = None, backend: s
     from . import bench  # imports numba; bench imports this module
 
     i = config.integration
-    steps = round(i.t_max / i.dt)
+    steps = round(i.t_max / i.dt) - round(from_t_omega / i.dt)
     evaluations = config.ensemble.realisations * config.particles.n_particles * steps * config.turbulence.n_modes
     if throughput is not None:
         source = "given"
