@@ -545,7 +545,7 @@ def plot_scan_shape(ds):
                 ax.errorbar(ell[ok] * (1 + 0.02 * k), r[ok], yerr=e[ok], marker="o", ms=3, ls="-", capsize=2,
                             label=label)
             else:
-                ax.plot([], [], marker="o", ls="-", label=label + ": no C_hat_1 > 0")
+                ax.plot([], [], marker="o", ls="-", label=label + r": no $\hat C_1 > 0$")
         lmax = int(ell.max())
         ax.plot(np.arange(1, lmax + 1), bgk_ratio(0.5, lmax), color="0.3", ls="--", label="BGK p = 1/2")
         _log_scale(ax, ell[1:], np.where(ell >= 1, d["shape_ratio"].values, np.nan))
