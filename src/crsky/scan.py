@@ -496,6 +496,15 @@ def _log_scale(ax, x=None, y=None) -> None:
             setter("log")
 
 
+def _rigidity_ticks(ax, rl) -> None:
+    """Ticks at the scanned rigidities, labelled with their values (log axes' minor
+    labels would crowd a scan of one or two decades)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(rl, [f"{v:g}" for v in rl])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _finite(*arrays) -> np.ndarray:
     return np.all([np.isfinite(a) for a in arrays], axis=0)
 
@@ -517,6 +526,7 @@ def plot_scan_diffusion(ds):
         ax.plot(x, ds["K_par"].values[ref] * (x / rl[ref]) ** QUASILINEAR_SLOPE, color="0.4", ls="--",
                 label=r"slope guide $\propto r_L^{1/3}$ (quasi-linear, Kolmogorov)")
     _log_scale(ax, rl, np.concatenate([ds["K_par"].values, ds["K_perp"].values]))
+    _rigidity_ticks(ax, rl)
     ax.set_xlabel(r"$r_L / L_c$")
     ax.set_ylabel(r"$K$ at the last snapshot  [$L_c\,c$]")
     ax.set_title("Diffusion coefficients against rigidity")
@@ -585,6 +595,7 @@ def plot_scan_fits(ds):
     for ax in (ax_p, ax_d):
         _log_scale(ax, rl)
         ax.set_xlim(rl.min() / 1.5, rl.max() * 1.5)  # also where no p was fitted
+        _rigidity_ticks(ax, rl)
         ax.set_xlabel(r"$r_L / L_c$")
         ax.legend(fontsize=7)
     return fig
