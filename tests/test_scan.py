@@ -177,3 +177,15 @@ def test_crsky_run_refuses_a_scan_config_with_a_pointer(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "crsky scan" in lines[0] and "[scan]" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_energy_scan_resolves_each_energy_like_a_physical_run(tmp_path):
+    config = _write(tmp_path, BASE.replace("[particles]\n", "[particles]\nb0_microgauss = 3.0\nlc_pc = 1.0\n")
+                    + "[scan]\nenergy_tev = [300.0, 1000.0]\n")
+    plan = read_scan(config)
+    single = resolve_config({"turbulence": {"lambda_min": "auto", "n_modes": 16},
+                             "particles": {"nside": 2, "energy_tev": 1000.0, "b0_microgauss": 3.0, "lc_pc": 1.0},
+                             "integration": {"n_snapshots": 5, "dt": 0.1}, "ensemble": {"realisations": 3}})
+    assert plan.variable == "energy_tev" and plan.points[1].config.digest() == single.digest()
+    assert [p.name for p in plan.points] == [f"rl_{p.config.particles.rl:g}" for p in plan.points]
+    assert plan.points[0].config.particles.rl < plan.points[1].config.particles.rl
