@@ -30,6 +30,8 @@ def test_onset_is_the_first_snapshot_after_a_step_of_the_shape():
     assert s.tested and s.steady
     assert s.onset == T[4] and s.onset_shape == T[4] and s.onset_dipole == T[0]
     assert "onset t Omega = 10" in s.status
+    # the analysis joins the gradients' statuses with "; " (steady_state_status)
+    assert "; " not in s.status
 
 
 def test_onset_is_the_later_of_dipole_and_shape():

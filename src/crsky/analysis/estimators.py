@@ -820,7 +820,7 @@ def steady_state(t_omega, cl_hat, cl_err, noise_err, lmax_test: int = STEADY_LMA
     if k_both is not None and k_both <= early:
         return SteadyState(True, True, status=(
             f"steady: C_hat_1 and C_hat_l/C_hat_1 (l = 2..{top}) equal to the last snapshot within {nsigma:g} sigma "
-            f"at every snapshot of {span} (largest difference {worst:.2g} sigma); {onset_text} ({parts})"), **common)
+            f"at every snapshot of {span} (largest difference {worst:.2g} sigma), {onset_text} ({parts})"), **common)
     if k_both is None:
         reason = f"never constant within {nsigma:g} sigma ({parts})"
     else:
