@@ -285,6 +285,19 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_scan(args) -> int:
+    """``crsky scan CONFIG --out SCAN_DIR``: a rigidity scan (crsky.scan, docs/scan.md)."""
+    from .scan import SCAN_FILE, format_scan, read_scan, run_scan
+
+    plan = read_scan(args.config, preset=args.preset)  # every rigidity's configuration, before anything is written
+    options = _executor_options(args)
+    ds = run_scan(plan, args.out, backend=args.backend, progress=not args.quiet, **options)
+    print(format_scan(ds))
+    print(f"\ncrsky scan: {len(plan.points)} runs in {args.out}/rl_*; wrote {args.out}/{SCAN_FILE} and "
+          f"{args.out}/figures/")
+    return 0
+
+
 def _cmd_bgk(args) -> int:
     from .bgk import bgk_ratio
 
@@ -411,6 +424,23 @@ def _add_reproduce_command(sub) -> None:
     reproduce.set_defaults(func=_cmd_reproduce)
 
 
+def _add_scan_command(sub) -> None:
+    scan = sub.add_parser(
+        "scan", help="a rigidity scan: one run per r_L (or energy), each analysed, then scan.nc and figures",
+        description="Run the [scan] table of CONFIG (rl = [...] or energy_tev = [...], optional t_max = [...]): "
+        "one ordinary run directory SCAN_DIR/rl_<rl> per rigidity (resumed or adopted like crsky run), each "
+        "analysed, then SCAN_DIR/scan.nc and SCAN_DIR/figures/ (docs/scan.md).")
+    scan.add_argument("config", help="TOML configuration file with a [scan] table")
+    scan.add_argument("--out", required=True, help="scan directory")
+    scan.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                      help="base configuration that CONFIG overrides (default: quick)")
+    scan.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+                      help="kernel backend (default: auto = cuda if a GPU is usable, else cpu)")
+    _add_executor_options(scan)
+    scan.add_argument("--quiet", action="store_true", help="no progress bars")
+    scan.set_defaults(func=_cmd_scan)
+
+
 def _add_bgk_command(sub) -> None:
     bgk = sub.add_parser("bgk", help="C_l / C_1 of the BGK-like ansatz (Mertsch & Ahlers 2015, eq. 4.7)",
                          description="Print l and C_l / C_1 for v_r(x) = nu (1 - x)^p.")
@@ -451,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze_command(sub)
     _add_plot_command(sub)
     _add_reproduce_command(sub)
+    _add_scan_command(sub)
     _add_bgk_command(sub)
     _add_bench_command(sub)
     for command in sub.choices.values():  # --debug also after the command name

@@ -48,6 +48,8 @@ __all__ = [
     "MAX_STEPS",
     "MAX_SIGMA2",
     "load_config",
+    "read_config_tables",
+    "SCAN_TABLE",
     "resolve_config",
     "ResourceEstimate",
     "estimate_resources",
@@ -1004,13 +1006,34 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
     """
     if path is None:
         return resolve_config(None, preset)
+    data = read_config_tables(path)
+    if SCAN_TABLE in data:
+        raise ConfigError(f"{path} has a [{SCAN_TABLE}] table: it describes a rigidity scan; run it with "
+                          f"`crsky scan {path} --out SCAN_DIR` (docs/scan.md)")
+    return resolve_config(data, preset, origin=str(path))
+
+
+#: The table of a configuration file that makes it a rigidity scan (:mod:`crsky.scan`).
+SCAN_TABLE = "scan"
+
+
+def read_config_tables(path: str | Path) -> dict:
+    """The tables of a TOML configuration file, parsed but not resolved.
+
+    The file checks of :func:`load_config` (UTF-8, at most 1 MiB, a leading byte-order
+    mark skipped) apply; :func:`load_config` and :mod:`crsky.scan` read files through it.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, too large or malformed (with the parser's line and column).
+    """
     path = Path(path)
     text = _read_config_text(path)
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
-    return resolve_config(data, preset, origin=str(path))
 
 
 def _read_config_text(path: Path) -> str:

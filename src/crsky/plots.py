@@ -468,8 +468,8 @@ def _steady_text(ds, names) -> str:
         else:
             reason = status.partition(": ")[2] if status.startswith(("not steady:", "not tested:")) else status
             parts.append(f"{n}: NOT steady ({reason})" if reason else f"{n}: NOT steady")
-    test = (f"steady-state test of the analysis (C_hat_l/C_hat_1, l = 2..{STEADY_LMAX}, last snapshot vs half its "
-            f"time, {STEADY_NSIGMA:g} sigma): ")
+    test = (f"steady-state test of the analysis (C_hat_1 and C_hat_l/C_hat_1, l = 2..{STEADY_LMAX}, equal to the last "
+            f"snapshot from half its time on, {STEADY_NSIGMA:g} sigma): ")
     return test + "; ".join(parts)
 
 

@@ -453,15 +453,32 @@ def _skymap_variables(e: Estimates, nside: int) -> dict:
 
 def _steady_variables(e: Estimates) -> dict:
     st = e.steady
+    t_last = st[0].t_late if st else math.nan
+    T_per_t = float(e.T[-1]) / t_last if t_last > 0 else math.nan  # r_L: T = (Omega T) r_L
+    test = (f"the earliest snapshot from which every snapshot agrees with the last one in C_hat_1 and C_hat_l/C_hat_1 "
+            f"(l = 2..{est.STEADY_LMAX}) within {est.STEADY_NSIGMA:g} combined standard errors (docs/analysis.md, "
+            "steady state)")
+    onset_attrs = {"units": "1", "comment": "Omega T, dimensionless; NaN: never constant, or not tested "
+                   "(steady_state_status says which)"}
     return {
         "steady_state": ("gradient", np.array([int(s.steady) for s in st], dtype=np.int8), {
-            "long_name": f"whether C_hat_l/C_hat_1 (l = 2..{est.STEADY_LMAX}) at the last snapshot equals that at "
-                         f"half its time within {est.STEADY_NSIGMA:g} standard errors (docs/analysis.md, "
-                         "steady state)", "units": "1", "flag_values": np.array([0, 1], dtype=np.int8),
+            "long_name": f"whether the steady-state onset is at or before the snapshot nearest half the last time: "
+                         f"{test}", "units": "1", "flag_values": np.array([0, 1], dtype=np.int8),
             "flag_meanings": "not_steady_or_not_tested steady"}),
         "steady_state_sigma": ("gradient", np.array([s.max_sigma for s in st]), {
-            "long_name": "largest difference of C_hat_l/C_hat_1 between the two snapshots of the steady-state "
-                         "test, in standard errors (NaN: not tested)", "units": "1"}),
+            "long_name": "largest difference of C_hat_1 and C_hat_l/C_hat_1 from the last snapshot over the "
+                         "snapshots from half the last time on, in combined standard errors (NaN: not tested; "
+                         "inf: a snapshot there is not above the noise)", "units": "1"}),
+        "steady_onset": ("gradient", np.array([s.onset for s in st]), {
+            "long_name": f"steady-state onset Omega T: {test}", **onset_attrs}),
+        "steady_onset_T": ("gradient", np.array([s.onset for s in st]) * T_per_t, {
+            "long_name": "steady-state onset as backtracking time T", "units": "1", "code_units": "L_c/c",
+            "comment": "T in units of L_c / c; NaN: never constant, or not tested"}),
+        "steady_onset_dipole": ("gradient", np.array([s.onset_dipole for s in st]), {
+            "long_name": "onset Omega T of the dipole C_hat_1 alone (same test)", **onset_attrs}),
+        "steady_onset_shape": ("gradient", np.array([s.onset_shape for s in st]), {
+            "long_name": f"onset Omega T of C_hat_l/C_hat_1 (l = 2..{est.STEADY_LMAX}) alone (same test)",
+            **onset_attrs}),
     }
 
 

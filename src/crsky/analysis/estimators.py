@@ -690,7 +690,8 @@ def fit_curve(fit: BGKFitResult, lmax: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------
 #: Multipoles ``l = 2 .. STEADY_LMAX`` whose shape ``C_hat_l / C_hat_1`` is compared.
 STEADY_LMAX = 4
-#: Largest difference of the shape between the two snapshots, in standard errors.
+#: Largest difference of the dipole and the shape from the last snapshot, in combined
+#: standard errors, for a snapshot to agree with it (:func:`steady_state`).
 STEADY_NSIGMA = 2.0
 
 
@@ -698,10 +699,16 @@ STEADY_NSIGMA = 2.0
 class SteadyState:
     """The steady-state test of one gradient (:func:`steady_state`).
 
-    ``steady``: the test passed; ``tested``: the test could be made (enough snapshots,
-    multipoles above the noise); ``t_early``, ``t_late``: the two snapshots compared
-    (``Omega T``); ``max_sigma``: the largest difference of the shape in standard errors
-    (NaN if not tested); ``status`` in words.
+    ``steady``: the spectrum is constant from ``t_early`` on (``onset <= t_early``);
+    ``tested``: the test could be made (two snapshots, ``lmax >= 2``, standard errors,
+    the last snapshot measured); ``t_early``, ``t_late``: the snapshot nearest half the
+    last time and the last snapshot (``Omega T``); ``max_sigma``: the largest difference
+    from the last snapshot over the snapshots from ``t_early`` on, in standard errors
+    (NaN if not tested; infinite where a snapshot there is not measured); ``onset``: the
+    earliest snapshot ``Omega T`` from which the dipole and the shape agree with the last
+    snapshot (NaN: never, or not tested); ``onset_dipole``, ``onset_shape``: the same for
+    ``C_hat_1`` alone and for ``C_hat_l / C_hat_1`` alone (``onset`` is the later of the
+    two); ``status`` in words.
     """
 
     steady: bool
@@ -710,32 +717,67 @@ class SteadyState:
     t_late: float
     max_sigma: float
     status: str
+    onset: float = math.nan
+    onset_dipole: float = math.nan
+    onset_shape: float = math.nan
+
+
+def _onset_index(agree: np.ndarray) -> int | None:
+    """Index of the earliest snapshot from which every snapshot before the last agrees.
+
+    ``agree`` (n_time - 1,) says whether snapshot ``k`` agrees with the last one; the
+    result is the start of the unbroken run of ``True`` that ends at the last snapshot,
+    or None when the snapshot before the last already disagrees (never steady).
+    """
+    n = agree.size
+    if n == 0 or not agree[-1]:
+        return None
+    k = n - 1
+    while k > 0 and agree[k - 1]:
+        k -= 1
+    return k
 
 
 def steady_state(t_omega, cl_hat, cl_err, noise_err, lmax_test: int = STEADY_LMAX,
                  nsigma: float = STEADY_NSIGMA) -> SteadyState:
-    """Whether the shape of the spectrum has stopped changing (one gradient).
+    """From which snapshot the dipole and the shape of the spectrum are constant (one gradient).
 
-    The test: the shape ``r_l = C_hat_l / C_hat_1``, ``l = 2 .. lmax_test``, at the last
-    snapshot ``T_1`` and at the snapshot nearest ``T_1 / 2`` (in ``log T``) agrees within
-    ``nsigma`` combined standard errors at every ``l``; the errors are those of the BGK
-    fit, ``cl_err_l / C_hat_1`` (standard error over realisations), combined as if the
-    two snapshots were independent. They are positively correlated (the same
-    trajectories at two times), so the combined error is an overestimate and the test
-    errs towards "steady". The test is only made where ``C_hat_1 > 0`` and
-    ``C_hat_l > noise_err_l`` at both snapshots; otherwise the shape is not measured and
-    the result is "not steady".
+    The test. Let ``k_last`` be the last snapshot. The quantities are the noise-subtracted
+    ensemble dipole ``C_hat_1 = <C_1> - N`` (error ``cl_err_1``, the standard error over
+    realisations) and the shape ``r_l = C_hat_l / C_hat_1``, ``l = 2 .. lmax_test``
+    (errors ``cl_err_l / C_hat_1``, those of the BGK fit). Snapshot ``k`` *agrees* when
+    it is measured (the dipole: ``C_hat_1 > 0``; the shape: also ``C_hat_l >
+    noise_err_l`` for ``l = 2 .. lmax_test``) and every quantity differs from its value at ``k_last`` by at most
+    ``nsigma`` times the two standard errors added in quadrature. The **onset** is the
+    time of the earliest snapshot ``k`` such that every snapshot from ``k`` to
+    ``k_last - 1`` agrees; it is NaN when ``k_last - 1`` already disagrees (never
+    steady) and when the last snapshot is not measured (not tested). The onset of the
+    dipole alone and of the shape alone are computed the same way; the onset is the
+    later of the two. The spectrum is **steady** when the onset is at or before the
+    snapshot nearest ``T_last / 2`` (in ``log T``): constant over at least the last
+    factor of about 2 in time. This is the one test; the flag is read off the onset.
+
+    Correlation: every snapshot is made of the same trajectories at another time, so
+    the errors of two snapshots are positively correlated (the more, the closer in
+    time) and adding them in quadrature overestimates the error of the difference. The
+    test therefore errs towards agreement: towards an early onset and "steady". A drift
+    smaller than the errors of one snapshot is not seen.
 
     Parameters
     ----------
     t_omega : array_like, shape (n_time,)
-        Snapshot times ``Omega T``.
+        Snapshot times ``Omega T``, increasing.
     cl_hat, cl_err, noise_err : array_like, shape (n_time, lmax + 1)
         ``C_hat_l``, the standard error of ``<C_l>`` and the noise error (dimensionless).
+    lmax_test : int
+        Highest multipole of the shape.
+    nsigma : float
+        Agreement in combined standard errors.
 
     Returns
     -------
     SteadyState
+        Times in ``Omega T``.
     """
     t = np.asarray(t_omega, dtype=np.float64)
     cl_hat, cl_err, noise_err = (np.asarray(a, dtype=np.float64) for a in (cl_hat, cl_err, noise_err))
@@ -746,23 +788,41 @@ def steady_state(t_omega, cl_hat, cl_err, noise_err, lmax_test: int = STEADY_LMA
                            "not tested: needs 2 snapshots and lmax >= 2")
     early = int(np.argmin(np.abs(np.log(t[:last] / (0.5 * t[last])))))
     ells = np.arange(2, top + 1)
-    span = f"t Omega = {t[early]:.3g} and {t[last]:.3g}"
-    for k in (early, last):
-        if not cl_hat[k, 1] > 0 or not np.all(cl_hat[k, ells] > noise_err[k, ells]):
+    span = f"t Omega = {t[early]:.3g} .. {t[last]:.3g}"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dipole_measured = cl_hat[:, 1] > 0
+        measured = dipole_measured & np.all(cl_hat[:, ells] > noise_err[:, ells], axis=1)
+        if not measured[last]:
             return SteadyState(False, False, float(t[early]), float(t[last]), math.nan,
-                               f"not steady: the shape (l = 2..{top}) is not above the noise at t Omega = {t[k]:.3g}")
-    r = cl_hat[:, ells] / cl_hat[:, 1:2]
-    e = cl_err[:, ells] / cl_hat[:, 1:2]
-    combined = np.hypot(e[early], e[last])
-    if not np.all(np.isfinite(combined)) or not np.all(combined > 0):
-        return SteadyState(False, False, float(t[early]), float(t[last]), math.nan,
-                           "not tested: no standard errors (one realisation)")
-    sig = np.abs(r[last] - r[early]) / combined
-    worst = float(sig.max())
-    if worst <= nsigma:
-        return SteadyState(True, True, float(t[early]), float(t[last]), worst,
-                           f"steady: C_hat_l/C_hat_1 (l = 2..{top}) equal at {span} within {nsigma:g} sigma "
-                           f"(largest difference {worst:.2g} sigma)")
-    return SteadyState(False, True, float(t[early]), float(t[last]), worst,
-                       f"not steady: C_hat_l/C_hat_1 changes between {span} (l = {int(ells[sig.argmax()])}: "
-                       f"{worst:.2g} sigma > {nsigma:g})")
+                               f"not steady: the dipole or the shape (l = 2..{top}) is not above the noise at the last "
+                               f"snapshot, t Omega = {t[last]:.3g}")
+        r = cl_hat[:, ells] / cl_hat[:, 1:2]
+        e = cl_err[:, ells] / cl_hat[:, 1:2]
+        if not (np.all(np.isfinite(e[last])) and np.all(e[last] > 0) and cl_err[last, 1] > 0):
+            return SteadyState(False, False, float(t[early]), float(t[last]), math.nan,
+                               "not tested: no standard errors (one realisation)")
+        sig_shape = np.abs(r[:last] - r[last]) / np.hypot(e[:last], e[last])  # (last, n_ell)
+        sig_dipole = np.abs(cl_hat[:last, 1] - cl_hat[last, 1]) / np.hypot(cl_err[:last, 1], cl_err[last, 1])
+    # an unmeasured snapshot (or one without errors) never agrees
+    sig_shape = np.where(measured[:last, None] & np.isfinite(sig_shape), sig_shape, np.inf)
+    sig_dipole = np.where(dipole_measured[:last] & np.isfinite(sig_dipole), sig_dipole, np.inf)
+    k_dipole = _onset_index(sig_dipole <= nsigma)
+    k_shape = _onset_index(np.all(sig_shape <= nsigma, axis=1))
+    k_both = None if k_dipole is None or k_shape is None else max(k_dipole, k_shape)
+    onset_of = (lambda k: math.nan if k is None else float(t[k]))
+    window = np.maximum(sig_dipole[early:], sig_shape[early:].max(axis=1))
+    worst = float(window.max())
+    onset_text = (f"onset t Omega = {t[k_both]:.3g}" if k_both is not None else "never constant")
+    parts = (f"dipole from {onset_of(k_dipole):.3g}, shape from {onset_of(k_shape):.3g}"
+             .replace("from nan", "never"))
+    common = dict(t_early=float(t[early]), t_late=float(t[last]), max_sigma=worst, onset=onset_of(k_both),
+                  onset_dipole=onset_of(k_dipole), onset_shape=onset_of(k_shape))
+    if k_both is not None and k_both <= early:
+        return SteadyState(True, True, status=(
+            f"steady: C_hat_1 and C_hat_l/C_hat_1 (l = 2..{top}) equal to the last snapshot within {nsigma:g} sigma "
+            f"at every snapshot of {span} (largest difference {worst:.2g} sigma), {onset_text} ({parts})"), **common)
+    if k_both is None:
+        reason = f"never constant within {nsigma:g} sigma ({parts})"
+    else:
+        reason = f"{onset_text} is later than t Omega = {t[early]:.3g}, half the last time ({parts})"
+    return SteadyState(False, True, status=f"not steady: {reason}", **common)

@@ -61,6 +61,8 @@ SUMMARY_UNITS = {
     "p_fit": "1", "p_err": "1", "p_fit_relative": "1", "p_err_relative": "1",
     "p": "1", "p_lo": "1", "p_hi": "1", "chi2_dof": "1", "norm": "1", "lmin": "1", "lmax": "1",
     "max_sigma": "1", "t_early": "1 (Omega T)", "t_late": "1 (Omega T)",
+    "onset_t_omega": "1 (Omega T)", "onset_T": "L_c/c", "onset_dipole_t_omega": "1 (Omega T)",
+    "onset_shape_t_omega": "1 (Omega T)",
     "nside": "1", "npix": "1", "n_realisations_used": "1", "n_realisations_expected": "1",
     "suggested_dt": "1 (Omega dt)",
     # physical inputs and the values derived from them (crsky.config.physical_record)
@@ -225,7 +227,11 @@ def summary_dict(ds: xr.Dataset) -> dict:
         if "steady_state" in d.variables:
             steady = {"steady": bool(int(d["steady_state"].values)),
                       "max_sigma": _opt_float(d, "steady_state_sigma"),
-                      "status": _status_of(ds, "steady_state_status", name) or ""}
+                      "status": _status_of(ds, "steady_state_status", name) or "",
+                      "onset_t_omega": _opt_float(d, "steady_onset"),
+                      "onset_T": _opt_float(d, "steady_onset_T"),
+                      "onset_dipole_t_omega": _opt_float(d, "steady_onset_dipole"),
+                      "onset_shape_t_omega": _opt_float(d, "steady_onset_shape")}
         out["gradients"][name] = {
             "gradient_vector": _opt_list(d, "gradient_vector"),
             "cl": _json_list(d["cl"].values),
