@@ -796,7 +796,9 @@ def upgrade_layout(ds: xr.Dataset) -> xr.Dataset:
 #: and the figures (files of older versions lack some of them).
 REQUIRED_VARIABLES = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
                       "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err", "p_lo", "p_hi",
-                      "fit_lmin", "fit_lmax", "fit_norm", "fit_curve", "skymap", "T")
+                      "fit_lmin", "fit_lmax", "fit_norm", "fit_curve", "skymap", "T", "cl_gyro", "cl_gyro_err",
+                      "cl_nongyro", "cl_nongyro_err", "gyro_fraction", "gyro_fraction_err", "cl_form",
+                      "cl_form_cov", "dipole_standard_form", "K_rel")
 REQUIRED_ATTRS = ("analysis_id", "config_sha256", "n_realisations_used", "n_realisations_expected", "complete")
 
 

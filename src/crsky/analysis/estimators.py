@@ -900,7 +900,7 @@ def gradient_forms(K_map: np.ndarray, spectra: np.ndarray, mean_spectra: np.ndar
     mean = np.empty((n_time, L, 3, 3))
     cov = np.full((n_time, L, 6, 6), np.nan)
     for t in range(n_time):  # one snapshot at a time: the unpacked 6 x 6 of every realisation stays small
-        Q_r = np.einsum("ai,rlab,bj->rlij", M[t], _unpack(spectra[:, t]), M[t])
+        Q_r = M[t].T @ (_unpack(spectra[:, t]) @ M[t])  # (R, L, 3, 3)
         mean[t] = Q_r.mean(axis=0)
         if R > 1:
             dev = Q_r[..., FORM_PAIRS[0], FORM_PAIRS[1]] - mean[t][..., FORM_PAIRS[0], FORM_PAIRS[1]]
