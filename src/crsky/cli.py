@@ -100,10 +100,11 @@ def _analysis_gradients(extra, angles=(), config=None) -> dict | None:
 
     gradients = (load_analysis_gradients(config) if config else None) or dict(GRADIENT_PRESETS)
     named = [(f"--gradient {name}", name, vector) for name, vector in extra or ()]
-    named += [(f"--gradient-angle {a:g}", angle_gradient_name(a), tuple(gradient_at_angle(a))) for a in angles or ()]
+    named += [(f"--gradient-angle {a:g} ({angle_gradient_name(a)})", angle_gradient_name(a),
+               tuple(gradient_at_angle(a))) for a in angles or ()]
     for option, name, vector in named:
         if name in gradients:
-            raise UsageError(f"{option}: the name {name} is taken (by a preset, the config or an earlier option)")
+            raise UsageError(f"{option}: the name is taken (by a preset, the config or an earlier option)")
         gradients[name] = vector
     return None if set(gradients) == set(GRADIENT_PRESETS) else gradients
 
