@@ -108,8 +108,8 @@ class RealisationSummary:
     axial: np.ndarray | None = None
 
 
-def summarise_realisation(index: int, x, p, lmax: int, binning=None,
-                          axes=None) -> tuple[RealisationSummary, np.ndarray]:
+def summarise_realisation(index: int, x, p, lmax: int, binning=None, axes=None,
+                          weights=None) -> tuple[RealisationSummary, np.ndarray]:
     """Reduce one realisation to its :class:`RealisationSummary`.
 
     Parameters
@@ -123,6 +123,9 @@ def summarise_realisation(index: int, x, p, lmax: int, binning=None,
     axes : array_like, shape (n_axes, 3), optional
         Axes of the gyrotropic decomposition (simulation frame); their ``a_l0`` come
         from the same ``map2alm`` as the cross-spectra.
+    weights : numpy.ndarray, shape (n_axes, n_alm), optional
+        :func:`crsky.analysis.harmonics.axis_weights` of the axes, in place of ``axes``
+        (computed once by the caller for an axis shared by every realisation).
 
     Returns
     -------
@@ -134,7 +137,8 @@ def summarise_realisation(index: int, x, p, lmax: int, binning=None,
     npix = V.shape[1]
     moments = np.einsum("tpa,tpb->tab", V, V) / npix
     means = V.mean(axis=1)
-    weights = None if axes is None else axis_weights(axes, lmax)
+    if weights is None and axes is not None:
+        weights = axis_weights(axes, lmax)
     spectra, axial = component_harmonics(V, lmax, weights, binning)
     return RealisationSummary(int(index), moments, means, spectra, axial), V
 
@@ -218,6 +222,7 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
     summaries: list[RealisationSummary] = []
     directions: list[np.ndarray] = []
     config = store.config()
+    b0_weights = axis_weights([0.0, 0.0, 1.0], lmax)  # the same for every realisation
     map_sum = t_omega = map_components = map_times = None
     bar = None
     if progress:
@@ -237,7 +242,8 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
                 raise InputError(f"realisation {index}: x/p of shape {ds['x'].shape}, expected {(t_omega.size, npix, 3)}")
             directions.append(local_field_direction(config.turbulence, config.ensemble.seed, index))
             summary, V = summarise_realisation(index, ds["x"].values, ds["p"].values, lmax,
-                                               axes=np.stack([np.array([0.0, 0.0, 1.0]), directions[-1]]))
+                                               weights=np.concatenate([b0_weights, axis_weights(directions[-1],
+                                                                                                lmax)]))
             del ds
             summaries.append(summary)
             if index == map_realisation:

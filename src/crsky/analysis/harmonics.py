@@ -186,11 +186,10 @@ def _project(alm: np.ndarray, Y: np.ndarray, B) -> np.ndarray:
     """``a_l0`` about each axis of ``Y`` (n_axes, nalm) for ``alm`` (n_comp, nalm): (n_axes, L, n_comp)."""
     # B[l, n] (2l+1) is 1 for m = 0 and 2 for m > 0: the -m partner of a real map
     factor = np.sqrt(4.0 * np.pi * (2.0 * np.arange(B.shape[0]) + 1.0))  # (2l+1) sqrt(4 pi / (2l+1))
-    out = np.empty((Y.shape[0], B.shape[0], alm.shape[0]))
-    for k in range(Y.shape[0]):
-        terms = alm.real * Y[k].real - alm.imag * Y[k].imag  # Re(a_lm Y_lm(n)), (n_comp, nalm)
-        out[k] = (B @ terms.T) * factor[:, None]
-    return out
+    n_axes, n_comp = Y.shape[0], alm.shape[0]
+    terms = alm.real[None] * Y.real[:, None] - alm.imag[None] * Y.imag[:, None]  # Re(a_lm Y_lm(n))
+    out = (B @ terms.reshape(n_axes * n_comp, -1).T) * factor[:, None]  # (L, n_axes * n_comp)
+    return out.reshape(B.shape[0], n_axes, n_comp).transpose(1, 0, 2)
 
 
 def axis_weights(axes, lmax: int) -> np.ndarray:
