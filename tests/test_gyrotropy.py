@@ -197,8 +197,19 @@ def test_angle_and_direction_input_refused():
     got = analysis_gradients({"gradients": {"tilted": [1, 0, 1]}, "gradient_angles_deg": [45]})
     assert list(got) == ["parallel", "perpendicular", "tilted", "angle45"]
     assert np.allclose(got["angle45"], [np.sqrt(0.5), 0, np.sqrt(0.5)])
-    # a run's config file may carry the [analysis] table: the run ignores it
+    # a run's config file may carry the [analysis] table: the run ignores it, but a bad one is refused early
     resolve_config({"analysis": {"gradient_angles_deg": [45]}, "particles": {"nside": 4}})
+
+
+def test_run_config_with_a_bad_analysis_table_is_refused(tmp_path):
+    from crsky.config import load_config
+
+    path = tmp_path / "run.toml"
+    path.write_text("[particles]\nnside = 4\n[analysis]\ngradient_angles_deg = [45]\n")
+    assert load_config(path).particles.nside == 4
+    path.write_text("[particles]\nnside = 4\n[analysis]\ngradient_angles_deg = [200]\n")
+    with pytest.raises(ConfigError, match="between 0 and 180"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("args, message", [

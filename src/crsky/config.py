@@ -1018,6 +1018,7 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+    analysis_gradients(data.get(ANALYSIS_TABLE), origin=str(path))  # a bad [analysis] table fails before a run
     return resolve_config(data, preset, origin=str(path))
 
 
@@ -1047,11 +1048,11 @@ def analysis_gradients(table: dict | None, origin: str = "config") -> dict[str, 
         An unknown key, a name that is taken or not of letters, digits, ``_``, ``-``, a
         vector that is not three finite numbers or is zero, an angle outside [0, 180].
     """
+    if not table:
+        return None
     from .analysis.estimators import GRADIENT_PRESETS, angle_gradient_name, gradient_at_angle
     from .errors import InputError
 
-    if not table:
-        return None
     if not isinstance(table, dict):
         raise ConfigError(f"{ANALYSIS_TABLE} in {origin} must be a table [{ANALYSIS_TABLE}]")
     for key in table:
