@@ -205,6 +205,25 @@ class EnsembleReduction:
     field_direction: np.ndarray
 
 
+class _Stack:
+    """Arrays of one shape stacked as they come, into a buffer sized for the expected count
+    (doubled if more come): the stack never exists twice, as a list and as its copy."""
+
+    def __init__(self, expected: int):
+        self.expected, self.n, self.buffer = max(int(expected), 1), 0, None
+
+    def append(self, a: np.ndarray) -> None:
+        if self.buffer is None:
+            self.buffer = np.empty((self.expected,) + a.shape, dtype=a.dtype)
+        elif self.n == self.buffer.shape[0]:
+            self.buffer = np.concatenate([self.buffer, np.empty_like(self.buffer)])
+        self.buffer[self.n] = a
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        return self.buffer[:self.n]
+
+
 def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
                map_realisation: int | None = None) -> EnsembleReduction:
     """Stream through the completed realisations of ``store`` (one in memory at a time).
@@ -221,6 +240,8 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
     """
     summaries: list[RealisationSummary] = []
     directions: list[np.ndarray] = []
+    # the two large per-realisation arrays (0.65 and 0.37 MB per realisation at the paper's size)
+    spectra, axial = _Stack(len(store.completed())), _Stack(len(store.completed()))
     config = store.config()
     b0_weights = axis_weights([0.0, 0.0, 1.0], lmax)  # the same for every realisation
     map_sum = t_omega = map_components = map_times = None
@@ -245,6 +266,9 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
                                                weights=np.concatenate([b0_weights, axis_weights(directions[-1],
                                                                                                 lmax)]))
             del ds
+            spectra.append(summary.spectra)
+            axial.append(summary.axial)
+            summary.spectra = summary.axial = None  # kept once, in the stacks
             summaries.append(summary)
             if index == map_realisation:
                 map_components = V[map_times]  # a copy: V may become the running sum below
@@ -263,9 +287,9 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
     return EnsembleReduction(
         indices=np.array([s.index for s in summaries], dtype=np.int64), t_omega=t_omega,
         moments=np.stack([s.moments for s in summaries]), means=np.stack([s.means for s in summaries]),
-        spectra=np.stack([s.spectra for s in summaries]), mean_maps=map_sum / len(summaries),
+        spectra=spectra.array(), mean_maps=map_sum / len(summaries),
         map_realisation=int(map_realisation), map_times=map_times, map_components=map_components,
-        axial=np.stack([s.axial for s in summaries]), field_direction=np.stack(directions),
+        axial=axial.array(), field_direction=np.stack(directions),
     )
 
 
