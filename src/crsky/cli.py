@@ -291,7 +291,8 @@ def _cmd_reproduce(args) -> int:
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
     with RunStore(out).lock(exclusive=True, create_dir=True):
         run_ensemble(config, out, backend=args.backend, force=args.force, progress=not args.quiet, **options)
-        _, summary = analyze(out, gradients=gradients, progress=not args.quiet)  # then the figures, from the analysis just written
+        # then the figures, from the analysis just written
+        _, summary = analyze(out, gradients=gradients, progress=not args.quiet)
         paths = make_figures(out)
     print(format_summary(summary))
     print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}")
@@ -401,7 +402,7 @@ def _add_analyze_command(sub) -> None:
 
 
 def _add_plot_command(sub) -> None:
-    plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
+    plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t), gyrotropy, angle to B0)",
                           description="Write PNG and PDF figures to RUN_DIR/figures/ from RUN_DIR/analysis.nc "
                           "alone; it must be the current analysis of the run (else: exit 2, run "
                           "`crsky analyze RUN_DIR` first).")
