@@ -977,7 +977,12 @@ def plot_angle_dependence(ds, time=None, ells=(2, 3, 4, 5)):
     _clip_bottom(ax_d, 6.0)
     ax_d.set_ylabel(f"power at $t\\Omega$ = {t_sel:.3g}  ($|g| = 1/L_c$)")
     ax_r.set_ylabel(r"$\hat C_\ell / \hat C_1$")
-    ax_r.set_yscale("log")
+    shown = a["ratio"].values[:, k, [l for l in ells if l <= int(ds["ell"].values[-1])]]
+    if np.any(np.isfinite(shown) & (shown > 0)):
+        ax_r.set_yscale("log")
+    else:  # a noise-dominated run: C_hat_l <= 0 everywhere, drawn on a linear axis
+        ax_r.text(0.5, 0.5, r"no $\hat C_\ell / \hat C_1 > 0$: noise dominated", transform=ax_r.transAxes,
+                  ha="center", fontsize=9, color="0.4")
     for ax in (ax_d, ax_r):
         ax.set_xlabel(r"angle between $\nabla n$ and $\mathbf{B}_0$  [degrees]")
         ax.set_xlim(0, 90)
