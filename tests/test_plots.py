@@ -19,6 +19,8 @@ EXPECTED = {
     "fig3_spectrum_shape": (12.4, 6.8),
     "skymaps_parallel": (13.2, 6.6),
     "diffusion_coefficients": (7.5, 5.6),
+    "gyrotropy": (13.0, 7.0),  # two gradient rows: 2.9 per row + 1.2
+    "angle_dependence": (12.0, 4.9),
     "observed_comparison": (9.0, 6.0),
 }
 

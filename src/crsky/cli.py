@@ -85,18 +85,32 @@ def _K_option(text: str):
     return tuple(tuple(values[3 * i:3 * i + 3]) for i in range(3))
 
 
-def _analysis_gradients(extra) -> dict | None:
-    """Parallel and perpendicular plus the ``--gradient`` ones (None: the default pair)."""
-    if not extra:
-        return None
-    from .analysis import GRADIENT_PRESETS
+def _angle_option(text: str) -> float:
+    """``analyze --gradient-angle DEG``: the angle (degrees, 0..180) between the gradient and B0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of degrees") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 180.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the angle to B0 must be between 0 and 180 degrees")
+    return value
 
-    gradients = dict(GRADIENT_PRESETS)
-    for name, vector in extra:
+
+def _analysis_gradients(extra, angles=(), config=None) -> dict | None:
+    """Parallel and perpendicular, the ``[analysis]`` table of ``--config``, then the
+    ``--gradient`` and ``--gradient-angle`` ones (None: the default pair)."""
+    from .analysis import GRADIENT_PRESETS, angle_gradient_name, gradient_at_angle
+    from .config import load_analysis_gradients
+
+    gradients = (load_analysis_gradients(config) if config else None) or dict(GRADIENT_PRESETS)
+    named = [(f"--gradient {name}", name, vector) for name, vector in extra or ()]
+    named += [(f"--gradient-angle {a:g} ({angle_gradient_name(a)})", angle_gradient_name(a),
+               tuple(gradient_at_angle(a))) for a in angles or ()]
+    for option, name, vector in named:
         if name in gradients:
-            raise UsageError(f"--gradient {name}: the name is taken (by a preset or an earlier --gradient)")
+            raise UsageError(f"{option}: the name is taken (by a preset, the config or an earlier option)")
         gradients[name] = vector
-    return gradients
+    return None if set(gradients) == set(GRADIENT_PRESETS) else gradients
 
 
 def _executor_options(args) -> dict:
@@ -211,7 +225,8 @@ def _cmd_analyze(args) -> int:
     # A read-only (archived) run without --out: analyse, print, and say where it could not write.
     writable = os.access(out_dir, os.W_OK) and not _read_only_fs(out_dir)
     with store.lock(exclusive=False, clean=writable and not args.out):
-        _, summary = analyze(store.path, gradients=_analysis_gradients(args.gradient), K=args.K,
+        _, summary = analyze(store.path, gradients=_analysis_gradients(args.gradient, args.gradient_angle,
+                                                                       args.config), K=args.K,
                              progress=not args.json, out_dir=out_dir, write=writable, partial=args.partial)
     print(json.dumps(summary) if args.json else format_summary(summary))
     if not writable:
@@ -269,6 +284,7 @@ def _cmd_reproduce(args) -> int:
 
     out = Path(args.out or f"runs/reproduce-{args.preset}")
     config = load_config(args.config, preset=args.preset)
+    gradients = _analysis_gradients(None, config=args.config)  # the file's [analysis] table, if any
     options = _executor_options(args)
     check_resources(config, out, workers=_local_workers(args, config))
     source = f"{args.config} over preset {args.preset}" if args.config else f"preset {args.preset}"
@@ -277,7 +293,8 @@ def _cmd_reproduce(args) -> int:
           f"t Omega to {config.integration.t_max:g}); rerun the same command to resume", file=sys.stderr)
     with RunStore(out).lock(exclusive=True, create_dir=True):
         run_ensemble(config, out, backend=args.backend, force=args.force, progress=not args.quiet, **options)
-        _, summary = analyze(out, progress=not args.quiet)  # then the figures, from the analysis just written
+        # then the figures, from the analysis just written
+        _, summary = analyze(out, gradients=gradients, progress=not args.quiet)
         paths = make_figures(out)
     print(format_summary(summary))
     print(f"\nsummary: {out / 'summary.json'}\nanalysis: {out / 'analysis.nc'}")
@@ -384,6 +401,15 @@ def _add_analyze_command(sub) -> None:
     analyze.add_argument("--gradient", action="append", type=_gradient_option, metavar="NAME=x,y,z",
                          help="an extra density gradient g = grad n / n in 1/L_c (used as given, not "
                          "normalised), analysed in addition to parallel (z) and perpendicular (x); repeatable")
+    analyze.add_argument("--gradient-angle", action="append", type=_angle_option, metavar="DEG",
+                         help="an extra gradient in the x-z plane at DEG degrees (0..180) to B0, of the presets' "
+                         "magnitude 1/L_c, named angleDEG; repeatable. Spectra at any angle also follow from "
+                         "analysis.nc without a new analysis (crsky.analysis.angle_spectra, figure "
+                         "angle_dependence)")
+    analyze.add_argument("--config", metavar="FILE",
+                         help="TOML file whose [analysis] table adds gradients: gradients = {NAME = [x, y, z]} "
+                         "(1/L_c) and gradient_angles_deg = [0, 30, ...] (may be the run's config file; other "
+                         "tables are not read here)")
     analyze.add_argument("--K", type=_K_option, default="late", metavar="late|running|K_par,K_perp|9 numbers",
                          help="diffusion tensor K (L_c c) in the -3 K p term of the maps: late (default) = the "
                          "ensemble K^s at the last snapshot, so the maps depend on the run's t_max; running = "
@@ -394,7 +420,7 @@ def _add_analyze_command(sub) -> None:
 
 
 def _add_plot_command(sub) -> None:
-    plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t))",
+    plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t), gyrotropy, angle to B0)",
                           description="Write PNG and PDF figures to RUN_DIR/figures/ from RUN_DIR/analysis.nc "
                           "alone; it must be the current analysis of the run (else: exit 2, run "
                           "`crsky analyze RUN_DIR` first).")

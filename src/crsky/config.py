@@ -69,6 +69,9 @@ __all__ = [
     "scattering_time",
     "physical_record",
     "describe_physical",
+    "ANALYSIS_TABLE",
+    "analysis_gradients",
+    "load_analysis_gradients",
 ]
 
 #: Default step ``Omega * dt``; chosen by the convergence study in docs/validation.md
@@ -317,6 +320,9 @@ _POLICY_KEYS = (("turbulence", "resonance_factor"), ("turbulence", "modes_per_de
 
 #: Table of a physical-unit run's config.toml with the values derived from its inputs.
 DERIVED_TABLE = "derived"
+#: Table of a config file with the analysis' options (:func:`analysis_gradients`); a run
+#: ignores it, so one file can configure a run and its analysis.
+ANALYSIS_TABLE = "analysis"
 
 _SECTIONS = {
     "turbulence": TurbulenceConfig,
@@ -687,8 +693,10 @@ def resolve_config(overrides: dict | None = None, preset: str = "quick", origin:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    # a run's config.toml, given as input, carries the [derived] table: recomputed, not read
-    overrides = {name: table for name, table in (overrides or {}).items() if name != DERIVED_TABLE}
+    # a run's config.toml, or a file that also holds the analysis' options ([analysis],
+    # read by `crsky analyze --config`): the run needs neither table
+    overrides = {name: table for name, table in (overrides or {}).items()
+                 if name not in (DERIVED_TABLE, ANALYSIS_TABLE)}
     merged = _merge(_merge({}, PRESETS[preset], f"preset {preset}"), overrides, origin)
     given = overrides.get("particles", {})
     both = "rl" in given and any(k in given for k in ("energy_tev", "b0_microgauss", "lc_pc"))
@@ -1010,6 +1018,7 @@ def load_config(path: str | Path | None = None, preset: str = "quick") -> RunCon
     if SCAN_TABLE in data:
         raise ConfigError(f"{path} has a [{SCAN_TABLE}] table: it describes a rigidity scan; run it with "
                           f"`crsky scan {path} --out SCAN_DIR` (docs/scan.md)")
+    analysis_gradients(data.get(ANALYSIS_TABLE), origin=str(path))  # a bad [analysis] table fails before a run
     return resolve_config(data, preset, origin=str(path))
 
 
@@ -1034,6 +1043,97 @@ def read_config_tables(path: str | Path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+
+
+_ANALYSIS_KEYS = ("gradients", "gradient_angles_deg")
+
+
+def _gradient_name_ok(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_-" for c in name)
+
+
+def analysis_gradients(table: dict | None, origin: str = "config") -> dict[str, tuple[float, ...]] | None:
+    """The density gradients of an ``[analysis]`` table.
+
+    Keys: ``gradients = {NAME = [x, y, z]}`` (``1 / L_c``, used as given) and
+    ``gradient_angles_deg = [0, 30, ...]`` (the x-z plane gradient at that angle to B0,
+    unit length, named ``angle30``; :func:`crsky.analysis.estimators.gradient_at_angle`).
+
+    Returns
+    -------
+    dict or None
+        ``parallel`` and ``perpendicular`` followed by the table's gradients, as
+        ``{name: (x, y, z)}``; None for an empty or missing table (the default pair).
+
+    Raises
+    ------
+    ConfigError
+        An unknown key, a name that is taken or not of letters, digits, ``_``, ``-``, a
+        vector that is not three finite numbers or is zero, an angle outside [0, 180].
+    """
+    if not table:
+        return None
+    from .analysis.estimators import GRADIENT_PRESETS, angle_gradient_name, gradient_at_angle
+    from .errors import InputError
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{ANALYSIS_TABLE} in {origin} must be a table [{ANALYSIS_TABLE}]")
+    for key in table:
+        if key not in _ANALYSIS_KEYS:
+            raise ConfigError(f"unknown key [{ANALYSIS_TABLE}] {key} in {origin}; allowed: "
+                              f"{', '.join(_ANALYSIS_KEYS)}")
+    out: dict[str, tuple[float, ...]] = {name: tuple(v) for name, v in GRADIENT_PRESETS.items()}
+
+    def add(name, vector):
+        if name in out:
+            raise ConfigError(f"[{ANALYSIS_TABLE}] gradient {name!r} in {origin}: the name is taken")
+        out[name] = tuple(float(v) for v in vector)
+
+    vectors = table.get("gradients", {})
+    if not isinstance(vectors, dict):
+        raise ConfigError(f"[{ANALYSIS_TABLE}] gradients in {origin} must be a table NAME = [x, y, z]")
+    for name, value in vectors.items():
+        where = f"[{ANALYSIS_TABLE}] gradients.{name} = {value!r} in {origin}"
+        if not _gradient_name_ok(name):
+            raise ConfigError(f"{where}: the name must be of letters, digits, _ or -")
+        ok = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok:
+            raise ConfigError(f"{where}: must be [x, y, z], three finite numbers (1/L_c)")
+        if not any(value):
+            raise ConfigError(f"{where}: must not be of zero length")
+        add(name, value)
+    angles = table.get("gradient_angles_deg", [])
+    if not isinstance(angles, list):
+        raise ConfigError(f"[{ANALYSIS_TABLE}] gradient_angles_deg in {origin} must be a list of degrees")
+    for angle in angles:
+        if isinstance(angle, bool) or not isinstance(angle, (int, float)):
+            raise ConfigError(f"[{ANALYSIS_TABLE}] gradient_angles_deg in {origin}: {angle!r} is not a number "
+                              "of degrees in [0, 180]")
+        try:
+            vector = gradient_at_angle(angle)
+        except InputError as exc:
+            raise ConfigError(f"[{ANALYSIS_TABLE}] gradient_angles_deg in {origin}: {exc}") from None
+        add(angle_gradient_name(angle), vector)
+    return out
+
+
+def load_analysis_gradients(path: str | Path) -> dict[str, tuple[float, ...]] | None:
+    """:func:`analysis_gradients` of the ``[analysis]`` table of a TOML file (other tables
+    are not read here; the file may be a run's configuration).
+
+    Raises
+    ------
+    ConfigError
+        A missing, unreadable or malformed file, or a bad ``[analysis]`` table.
+    """
+    path = Path(path)
+    text = _read_config_text(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+    return analysis_gradients(data.get(ANALYSIS_TABLE), origin=str(path))
 
 
 def _read_config_text(path: Path) -> str:

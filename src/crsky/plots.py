@@ -29,6 +29,19 @@ set, removing files of these names that it did not write this time):
 ``diffusion_coefficients``
     ``K_par(T)``, ``K_perp(T)`` (and the relative ``K~``) in ``L_c c`` against
     ``t Omega``.
+``gyrotropy``
+    Gyrotropic decomposition of each realisation's map about ``B0`` (solid) and about
+    the local field ``B(0)`` at the observer (dashed): the fraction of ``<C_l>`` in the
+    ``m = 0`` mode against ``l`` at three snapshots and against ``t Omega`` for
+    ``l = 1..4``, with the value ``1/(2l+1)`` of a statistically isotropic sky, and the
+    gyrotropic and non-gyrotropic power against ``l`` at the last snapshot; one row per
+    gradient (at most four).
+``angle_dependence``
+    ``<C_1>``, the standard dipole ``C_1(<dI>)`` (with ``4 pi |K g|^2``) and the shot
+    noise, and ``C_hat_l / C_hat_1`` for ``l = 2..5``, against the angle between the
+    gradient (x-z plane, unit length) and ``B0``, 0 to 90 degrees at the last snapshot,
+    from the quadratic forms stored in the analysis
+    (:func:`crsky.analysis.angle_spectra`); analysed gradients in that plane as points.
 ``observed_comparison`` (with ``observed``)
     Measured ``C_l`` (absolute, as the paper's Fig. 1) with the late-time simulated
     ``C_hat_l`` and BGK curves scaled to them by one amplitude each (fitted in log).
@@ -74,6 +87,8 @@ __all__ = [
     "plot_spectrum_shape",
     "plot_sky_maps",
     "plot_diffusion",
+    "plot_gyrotropy",
+    "plot_angle_dependence",
     "plot_observed",
     "arrival_map",
     "save_figure",
@@ -83,7 +98,8 @@ __all__ = [
 FIGURES_DIR = "figures"
 #: The figures :func:`make_figures` owns (plus ``skymaps_<gradient>``): files of these
 #: stems that a call does not write are removed (stale ones of an earlier call).
-FIGURE_STEMS = ("fig2_spectrum_evolution", "fig3_spectrum_shape", "diffusion_coefficients", "observed_comparison")
+FIGURE_STEMS = ("fig2_spectrum_evolution", "fig3_spectrum_shape", "diffusion_coefficients", "gyrotropy",
+                "angle_dependence", "observed_comparison")
 _SKYMAP_PREFIX = "skymaps_"
 _DEFAULT_FORMATS = ("png", "pdf")
 #: ``t Omega`` past which the paper finds the spectrum in its steady state.
@@ -824,6 +840,168 @@ def plot_diffusion(ds):
 
 
 # ---------------------------------------------------------------------------------
+# Gyrotropy and the angle between gradient and B0
+# ---------------------------------------------------------------------------------
+_AXIS_STYLES = {"B0": ("-", "o", r"about $\mathbf{B}_0$"), "local": ("--", "s", r"about local $\mathbf{B}(0)$")}
+
+
+def plot_gyrotropy(ds, max_rows: int = 4):
+    """The gyrotropic (``m = 0``) share of ``<C_l>`` about ``B0`` and the local field.
+
+    One row per gradient (the first ``max_rows``). Left: ``cl_gyro / <C_l>`` against
+    ``l`` at three snapshots (:func:`select_times`) with the isotropic value
+    ``1/(2l+1)``; middle: the same against ``t Omega`` for ``l = 1..4``; right:
+    ``cl_gyro`` and ``cl_nongyro`` (``m != 0``) against ``l`` at the last snapshot.
+    Solid: about ``B0``; dashed: about the local field ``B(0)`` of each realisation.
+    Error bars and bands: standard errors over realisations.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    names = _gradient_names(ds)[:max_rows]
+    t = np.asarray(ds["t_omega"].values, dtype=float)
+    ell = np.asarray(ds["ell"].values)
+    lmax_show = int(min(ell[-1], 20))
+    times, _ = select_times(t)
+    colours = _time_colours(len(times))
+    ell_colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    fig = _new_figure(13.0, 2.9 * len(names) + 1.2)
+    gs = fig.add_gridspec(len(names), 3, left=0.06, right=0.985, bottom=0.9 / (2.9 * len(names) + 1.2),
+                          top=1.0 - 0.95 / (2.9 * len(names) + 1.2), wspace=0.28, hspace=0.42)
+    ls_iso = np.arange(1, lmax_show + 1)
+    for row, name in enumerate(names):
+        d = ds.sel(gradient=name)
+        ax_l, ax_t, ax_p = (fig.add_subplot(gs[row, c]) for c in range(3))
+        for axis in ds["axis"].values:
+            ls, marker, label = _AXIS_STYLES.get(str(axis), ("-.", "^", str(axis)))
+            f, fe = d["gyro_fraction"].sel(axis=axis), d["gyro_fraction_err"].sel(axis=axis)
+            for k, ti in enumerate(times):
+                ax_l.errorbar(ls_iso + (0.12 if ls == "--" else -0.12), f.values[ti, 1:lmax_show + 1],
+                              yerr=fe.values[ti, 1:lmax_show + 1], color=colours[k], ls=ls, marker=marker, ms=3,
+                              lw=1.0, capsize=1.5,
+                              label=f"$t\\Omega$ = {t[ti]:.3g}, {label}" if row == 0 else None)
+            for k, l in enumerate(range(1, min(4, int(ell[-1])) + 1)):
+                y, e = f.values[:, l], np.nan_to_num(fe.values[:, l])
+                ax_t.plot(t, y, color=ell_colours[k], ls=ls, lw=1.4,
+                          label=f"$\\ell$ = {l}, {label}" if row == 0 else None)
+                ax_t.fill_between(t, y - e, y + e, color=ell_colours[k], alpha=0.15, lw=0)
+            for var, colour, what in (("cl_gyro", "tab:purple", "gyrotropic ($m=0$)"),
+                                      ("cl_nongyro", "tab:green", r"non-gyrotropic ($m\neq0$)")):
+                y = d[var].sel(axis=axis).values[-1, 1:lmax_show + 1]
+                ax_p.errorbar(ls_iso, y, yerr=d[f"{var}_err"].sel(axis=axis).values[-1, 1:lmax_show + 1],
+                              color=colour, ls=ls, marker=marker, ms=3, lw=1.0, capsize=1.5,
+                              label=f"{what}, {label}" if row == 0 else None)
+        ax_l.plot(ls_iso, 1.0 / (2 * ls_iso + 1), color="0.4", ls=":", lw=1.2,
+                  label=r"isotropic sky: $1/(2\ell+1)$" if row == 0 else None)
+        for k, l in enumerate(range(1, min(4, int(ell[-1])) + 1)):
+            ax_t.axhline(1.0 / (2 * l + 1), color=ell_colours[k], ls=":", lw=0.8)
+        ax_l.set_ylim(0, 1.05)
+        ax_t.set_ylim(0, 1.3)  # room for the legend above the curves
+        ax_t.set_xscale("log")
+        ax_p.set_yscale("log")
+        ax_l.set_xlabel(r"multipole $\ell$")
+        ax_t.set_xlabel(r"backtracking time $t\Omega$")
+        ax_p.set_xlabel(r"multipole $\ell$")
+        ax_l.set_ylabel("gyrotropic fraction of $\\langle C_\\ell\\rangle$")
+        ax_p.set_ylabel(f"power at $t\\Omega$ = {t[-1]:.3g}")
+        ax_l.set_title(_gradient_text(ds, name), fontsize=9, loc="left")
+        for ax in (ax_l, ax_t, ax_p):
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=8)
+        if row == 0:
+            ax_l.legend(fontsize=6.5, loc="upper right", ncol=1, framealpha=0.85)
+            ax_t.legend(fontsize=6.5, loc="upper left", ncol=2, framealpha=0.85)
+            ax_p.legend(fontsize=6.5, loc="upper right", framealpha=0.85)
+    fig.suptitle("Gyrotropy: the m = 0 power of each realisation's map about B0 and about the local field B(0) "
+                 "(coherent part included)", fontsize=10.5, y=0.995)
+    fig.text(0.5, 1.0 - 0.55 / (2.9 * len(names) + 1.2), _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    return fig
+
+
+def plot_angle_dependence(ds, time=None, ells=(2, 3, 4, 5)):
+    """``<C_1>``, the standard dipole and ``C_hat_l / C_hat_1`` against the angle between
+    gradient and ``B0`` (0..90 degrees, x-z plane), from the stored quadratic forms.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A current analysis.
+    time : float, optional
+        ``t Omega`` of the snapshot (nearest); default the last.
+    ells : sequence of int
+        Multipoles of the shape panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .analysis.angles import angle_spectra
+
+    a = angle_spectra(ds, np.linspace(0.0, 90.0, 91))
+    k = -1 if time is None else int(np.argmin(np.abs(np.log(ds["t_omega"].values / float(time)))))
+    t_sel = float(ds["t_omega"].values[k])
+    angle = a["angle"].values
+    fig = _new_figure(12.0, 4.9)
+    ax_d = fig.add_axes([0.065, 0.12, 0.41, 0.7])
+    ax_r = fig.add_axes([0.565, 0.12, 0.41, 0.7])
+    c1, c1e = a["cl"].values[:, k, 1], np.nan_to_num(a["cl_err"].values[:, k, 1])
+    ax_d.plot(angle, c1, color="k", lw=1.8, label=r"$\langle C_1\rangle$")
+    ax_d.fill_between(angle, np.maximum(c1 - c1e, 1e-3 * c1), c1 + c1e, color="k", alpha=0.15, lw=0)
+    ax_d.plot(angle, a["dipole_standard_unbiased"].values[:, k], color="tab:purple", lw=1.6,
+              label=r"standard dipole $C_1(E[\delta I])$ (unbiased)")
+    ax_d.plot(angle, a["dipole_standard_theory"].values[:, k], color="tab:purple", lw=1.0, ls="--",
+              label=r"$4\pi|K g|^2$ (eq. 1.1)")
+    ax_d.plot(angle, a["noise"].values[:, k], color="tab:red", lw=1.2, ls=":", label="shot noise $N$")
+    ell_colours = _high_ell_colours(len(ells))
+    for j, l in enumerate(ells):
+        if l <= int(ds["ell"].values[-1]):
+            ax_r.plot(angle, a["ratio"].values[:, k, l], color=ell_colours[j], lw=1.6,
+                      label=f"$\\ell$ = {l}")
+    # the analysed gradients that lie in the x-z plane with unit length: the same numbers, computed directly
+    for name in _gradient_names(ds):
+        g = np.asarray(ds["gradient_vector"].sel(gradient=name).values, dtype=float)
+        if abs(g[1]) > 1e-12 or not math.isclose(float(np.linalg.norm(g)), 1.0, rel_tol=1e-9):
+            continue
+        deg = math.degrees(math.atan2(g[0], g[2]))
+        if not 0.0 <= deg <= 90.0 + 1e-9:
+            continue
+        d = ds.sel(gradient=name)
+        ax_d.plot(deg, float(d["cl"].values[k, 1]), "o", color="k", ms=5, mfc="none")
+        ax_d.plot(deg, float(d["dipole_standard_unbiased"].values[k]), "s", color="tab:purple", ms=5, mfc="none")
+        hat = d["cl_hat"].values[k]
+        for j, l in enumerate(ells):
+            if l <= int(ds["ell"].values[-1]):
+                ax_r.plot(deg, hat[l] / hat[1], "o", color=ell_colours[j], ms=5, mfc="none")
+    ax_d.set_yscale("log")
+    _clip_bottom(ax_d, 6.0)
+    ax_d.set_ylabel(f"power at $t\\Omega$ = {t_sel:.3g}  ($|g| = 1/L_c$)")
+    ax_r.set_ylabel(r"$\hat C_\ell / \hat C_1$")
+    shown = a["ratio"].values[:, k, [l for l in ells if l <= int(ds["ell"].values[-1])]]
+    if np.any(np.isfinite(shown) & (shown > 0)):
+        ax_r.set_yscale("log")
+    else:  # a noise-dominated run: C_hat_l <= 0 everywhere, drawn on a linear axis
+        ax_r.text(0.5, 0.5, r"no $\hat C_\ell / \hat C_1 > 0$: noise dominated", transform=ax_r.transAxes,
+                  ha="center", fontsize=9, color="0.4")
+    for ax in (ax_d, ax_r):
+        ax.set_xlabel(r"angle between $\nabla n$ and $\mathbf{B}_0$  [degrees]")
+        ax.set_xlim(0, 90)
+        ax.set_xticks(np.arange(0, 91, 15))
+        ax.grid(True, alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax_d.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="0.3", marker="o", ls="none", mfc="none",
+                          label="analysed gradients (direct)"))
+    ax_d.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
+    ax_r.legend(fontsize=8, loc="best", framealpha=0.9)
+    fig.suptitle("Dependence on the angle between the density gradient and B0 (from the stored quadratic forms)",
+                 fontsize=10.5, y=0.985)
+    fig.text(0.5, 0.915, _run_label(ds), ha="center", fontsize=8.5, color="0.3")
+    return fig
+
+
+# ---------------------------------------------------------------------------------
 # Observed spectra
 # ---------------------------------------------------------------------------------
 def _scale_to(model_ell, model, obs) -> float | None:
@@ -1057,6 +1235,8 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         gname = "parallel" if "parallel" in names else names[0]
         emit(plot_sky_maps(ds, gradient=gname), f"skymaps_{gname}")
         emit(plot_diffusion(ds), "diffusion_coefficients")
+        emit(plot_gyrotropy(ds), "gyrotropy")
+        emit(plot_angle_dependence(ds), "angle_dependence")
         if obs_list:
             emit(plot_observed(ds, obs_list), "observed_comparison")
     _remove_stale(out_dir, written, formats)

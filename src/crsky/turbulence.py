@@ -45,6 +45,7 @@ __all__ = [
     "wavenumbers",
     "spectrum_weights",
     "make_modes",
+    "local_field_direction",
     "realisation_rng",
     "field",
 ]
@@ -188,3 +189,28 @@ def field(modes: np.ndarray, points: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(points.reshape(-1, 3))
     out = get_backend("cpu").field_at_points(modes, flat)
     return out.reshape(points.shape)
+
+
+def local_field_direction(turbulence: TurbulenceConfig, seed: int, realisation: int) -> np.ndarray:
+    """Direction of the total field at the observer, ``B(0) / |B(0)|``, of one realisation.
+
+    ``B(0) / B0 = z_hat + dB(0) / B0`` with the realisation's modes
+    (:func:`make_modes`) evaluated by :func:`field` at ``x = 0``; the observer sits at the
+    origin, where every trajectory starts.
+
+    Parameters
+    ----------
+    turbulence : TurbulenceConfig
+        Spectrum and geometry of the run.
+    seed : int
+        Run seed.
+    realisation : int
+        Realisation index.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,)
+        Unit vector in the simulation frame (``B0`` along ``+z``), dimensionless.
+    """
+    b = field(make_modes(turbulence, seed, realisation), np.zeros(3))
+    return b / np.linalg.norm(b)

@@ -11,7 +11,9 @@ Data flow, one way:
   order, the assembly of the Dataset and ``analysis.nc``;
 - :mod:`~crsky.analysis.report`: ``summary.json`` and the terminal table, made from
   the Dataset;
-- :mod:`~crsky.analysis.sky`: what a pixel of a stored map is; arrival-direction maps.
+- :mod:`~crsky.analysis.sky`: what a pixel of a stored map is; arrival-direction maps;
+- :mod:`~crsky.analysis.angles`: spectra against the angle between gradient and B0,
+  from the quadratic forms stored in ``analysis.nc``.
 
 The figures (:mod:`crsky.plots`) read ``analysis.nc`` and nothing else. Definitions
 and units: docs/analysis.md; conventions: docs/conventions.md.
@@ -35,7 +37,10 @@ from .estimators import (
     STEADY_LMAX,
     STEADY_NSIGMA,
     GRADIENT_PRESETS,
+    GYRO_AXES,
     NOISE_MODELS,
+    angle_gradient_name,
+    gradient_at_angle,
     component_maps,
     diffusion_tensor,
     fit_bgk,
@@ -47,12 +52,20 @@ from .estimators import (
     shot_noise,
     steady_state,
 )
-from .harmonics import anafast_options, angular_power, cross_spectra, sht_threads
+from .harmonics import (anafast_options, angular_power, axial_coefficients, cross_spectra, rotate_to_axis,
+                        sht_threads)
 from .sky import HEALPIX_ORDERING, PIXEL_CONVENTION, arrival_direction_map, map_attributes
+from .angles import angle_spectra
 from .report import SUMMARY_FILE, analyze, format_summary, read_summary, summary_dict, write_summary
 
 __all__ = [
     "GRADIENT_PRESETS",
+    "GYRO_AXES",
+    "angle_gradient_name",
+    "gradient_at_angle",
+    "angle_spectra",
+    "axial_coefficients",
+    "rotate_to_axis",
     "ANALYSIS_FILE",
     "SUMMARY_FILE",
     "FIT_NSIGMA",

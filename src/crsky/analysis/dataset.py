@@ -38,7 +38,8 @@ from .. import __version__, units
 from ..errors import InputError
 from ..store import RunDirError, RunStore, atomic_write_netcdf, new_analysis_id
 from . import estimators as est
-from .harmonics import anafast_options, binning_matrix, cross_spectra
+from ..turbulence import local_field_direction
+from .harmonics import anafast_options, axis_weights, binning_matrix, component_harmonics, cross_spectra
 from .sky import map_attributes
 
 __all__ = [
@@ -94,15 +95,21 @@ class RealisationSummary:
         ``<V_A>_pix``.
     spectra : numpy.ndarray, shape (n_time, lmax + 1, 21)
         Packed cross-spectra (:func:`crsky.analysis.harmonics.cross_spectra`).
+    axial : numpy.ndarray, shape (n_time, n_axes, lmax + 1, 6), optional
+        ``a_l0`` of the component maps about each of the ``axes`` given to
+        :func:`summarise_realisation` (the gyrotropic decomposition); ``n_axes = 0``
+        without axes.
     """
 
     index: int
     moments: np.ndarray
     means: np.ndarray
     spectra: np.ndarray
+    axial: np.ndarray | None = None
 
 
-def summarise_realisation(index: int, x, p, lmax: int, binning=None) -> tuple[RealisationSummary, np.ndarray]:
+def summarise_realisation(index: int, x, p, lmax: int, binning=None, axes=None,
+                          weights=None) -> tuple[RealisationSummary, np.ndarray]:
     """Reduce one realisation to its :class:`RealisationSummary`.
 
     Parameters
@@ -113,6 +120,12 @@ def summarise_realisation(index: int, x, p, lmax: int, binning=None) -> tuple[Re
         ``x(-T)`` (``L_c``) and ``p(-T)``.
     lmax : int
         Largest multipole.
+    axes : array_like, shape (n_axes, 3), optional
+        Axes of the gyrotropic decomposition (simulation frame); their ``a_l0`` come
+        from the same ``map2alm`` as the cross-spectra.
+    weights : numpy.ndarray, shape (n_axes, n_alm), optional
+        :func:`crsky.analysis.harmonics.axis_weights` of the axes, in place of ``axes``
+        (computed once by the caller for an axis shared by every realisation).
 
     Returns
     -------
@@ -124,8 +137,10 @@ def summarise_realisation(index: int, x, p, lmax: int, binning=None) -> tuple[Re
     npix = V.shape[1]
     moments = np.einsum("tpa,tpb->tab", V, V) / npix
     means = V.mean(axis=1)
-    spectra = cross_spectra(V, lmax, binning)
-    return RealisationSummary(int(index), moments, means, spectra), V
+    if weights is None and axes is not None:
+        weights = axis_weights(axes, lmax)
+    spectra, axial = component_harmonics(V, lmax, weights, binning)
+    return RealisationSummary(int(index), moments, means, spectra, axial), V
 
 
 def nearest_log_indices(t, pool, targets) -> np.ndarray:
@@ -170,6 +185,11 @@ class EnsembleReduction:
         Snapshot indices of those maps (:func:`select_map_times`).
     map_components : numpy.ndarray, shape (len(map_times), npix, 6)
         Its component maps at those snapshots.
+    axial : numpy.ndarray, shape (R, n_time, 2, lmax + 1, 6)
+        ``a_l0`` of the component maps about ``B0`` and about the local field at the
+        observer (:data:`crsky.analysis.estimators.GYRO_AXES`).
+    field_direction : numpy.ndarray, shape (R, 3)
+        ``B(0) / |B(0)|`` of each realisation (simulation frame).
     """
 
     indices: np.ndarray
@@ -181,11 +201,36 @@ class EnsembleReduction:
     map_realisation: int
     map_times: np.ndarray
     map_components: np.ndarray
+    axial: np.ndarray
+    field_direction: np.ndarray
+
+
+class _Stack:
+    """Arrays of one shape stacked as they come, into a buffer sized for the expected count
+    (doubled if more come): the stack never exists twice, as a list and as its copy."""
+
+    def __init__(self, expected: int):
+        self.expected, self.n, self.buffer = max(int(expected), 1), 0, None
+
+    def append(self, a: np.ndarray) -> None:
+        if self.buffer is None:
+            self.buffer = np.empty((self.expected,) + a.shape, dtype=a.dtype)
+        elif self.n == self.buffer.shape[0]:
+            self.buffer = np.concatenate([self.buffer, np.empty_like(self.buffer)])
+        self.buffer[self.n] = a
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        return self.buffer[:self.n]
 
 
 def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
                map_realisation: int | None = None) -> EnsembleReduction:
     """Stream through the completed realisations of ``store`` (one in memory at a time).
+
+    Each realisation's maps are decomposed in the same pass about ``B0`` (+z) and about
+    the direction of its total field at the observer
+    (:func:`crsky.turbulence.local_field_direction`).
 
     Raises
     ------
@@ -194,6 +239,11 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
         ``map_realisation`` that is not complete.
     """
     summaries: list[RealisationSummary] = []
+    directions: list[np.ndarray] = []
+    # the two large per-realisation arrays (0.65 and 0.37 MB per realisation at the paper's size)
+    spectra, axial = _Stack(len(store.completed())), _Stack(len(store.completed()))
+    config = store.config()
+    b0_weights = axis_weights([0.0, 0.0, 1.0], lmax)  # the same for every realisation
     map_sum = t_omega = map_components = map_times = None
     bar = None
     if progress:
@@ -211,8 +261,14 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
                 raise InputError(f"realisation {index} has other snapshot times than realisation {first}")
             if ds["x"].shape != (t_omega.size, npix, 3) or ds["p"].shape != ds["x"].shape:
                 raise InputError(f"realisation {index}: x/p of shape {ds['x'].shape}, expected {(t_omega.size, npix, 3)}")
-            summary, V = summarise_realisation(index, ds["x"].values, ds["p"].values, lmax)
+            directions.append(local_field_direction(config.turbulence, config.ensemble.seed, index))
+            summary, V = summarise_realisation(index, ds["x"].values, ds["p"].values, lmax,
+                                               weights=np.concatenate([b0_weights, axis_weights(directions[-1],
+                                                                                                lmax)]))
             del ds
+            spectra.append(summary.spectra)
+            axial.append(summary.axial)
+            summary.spectra = summary.axial = None  # kept once, in the stacks
             summaries.append(summary)
             if index == map_realisation:
                 map_components = V[map_times]  # a copy: V may become the running sum below
@@ -231,8 +287,9 @@ def reduce_run(store: RunStore, lmax: int, npix: int, progress: bool = False,
     return EnsembleReduction(
         indices=np.array([s.index for s in summaries], dtype=np.int64), t_omega=t_omega,
         moments=np.stack([s.moments for s in summaries]), means=np.stack([s.means for s in summaries]),
-        spectra=np.stack([s.spectra for s in summaries]), mean_maps=map_sum / len(summaries),
+        spectra=spectra.array(), mean_maps=map_sum / len(summaries),
         map_realisation=int(map_realisation), map_times=map_times, map_components=map_components,
+        axial=axial.array(), field_direction=np.stack(directions),
     )
 
 
@@ -262,6 +319,8 @@ class Estimates:
     fit_curves: np.ndarray
     skymaps: np.ndarray
     steady: list
+    gyro: est.Gyrotropy
+    forms: est.GradientForms
 
 
 def estimate(reduction: EnsembleReduction, T: np.ndarray, gradients: dict, K, npix: int,
@@ -302,9 +361,11 @@ def estimate(reduction: EnsembleReduction, T: np.ndarray, gradients: dict, K, np
     ])  # (G, n_map_times, npix)
     steady = [est.steady_state(reduction.t_omega, cl_hat[g], spectra.cl_err[g], noise_err[g])
               for g in range(len(names))]
+    gyro = est.gyrotropy(weights, reduction.axial, spectra.cl_r)
+    forms = est.gradient_forms(K_map, reduction.spectra, mean_spectra)
     return Estimates(names, T, tensors, K_map, K_source, weights, spectra, levels, noise_model, noise, noise_err,
                      cl_hat, split, rules, fits, fits_rel, np.stack([est.fit_curve(f, lmax) for f in fits]), skymaps,
-                     steady)
+                     steady, gyro, forms)
 
 
 # ---------------------------------------------------------------------------------
@@ -451,6 +512,46 @@ def _skymap_variables(e: Estimates, nside: int) -> dict:
     }
 
 
+_AGTL = ("axis",) + _GTL
+_GYRO_FRAME = ("about each axis (B0 = +z; local = B(0) = B0 + dB(0) at the observer, per realisation) of the "
+               "whole map dI of each realisation, coherent part included; the same for momentum (pixel) and "
+               "arrival directions")
+
+
+def _gyrotropy_variables(e: Estimates, reduction: EnsembleReduction) -> dict:
+    g, pw = e.gyro, _POWER
+    return {
+        "cl_gyro": (_AGTL, g.gyro, {"long_name": "gyrotropic power <a_l0^2/(2l+1)>: the m = 0 part of <C_l> "
+                                    + _GYRO_FRAME, "units": pw}),
+        "cl_gyro_err": (_AGTL, g.gyro_err, {"long_name": "standard error of cl_gyro over realisations",
+                                            "units": pw}),
+        "cl_nongyro": (_AGTL, g.rest, {"long_name": "<C_l> - cl_gyro: the m != 0 power " + _GYRO_FRAME,
+                                       "units": pw}),
+        "cl_nongyro_err": (_AGTL, g.rest_err, {"long_name": "standard error of cl_nongyro", "units": pw}),
+        "gyro_fraction": (_AGTL, g.fraction, {"long_name": "cl_gyro / <C_l>", "units": "1"}),
+        "gyro_fraction_err": (_AGTL, g.fraction_err, {"long_name": "standard error of gyro_fraction (delta "
+                              "method)", "units": "1"}),
+        "local_field_direction": (("realisation", "i"), reduction.field_direction, {
+            "long_name": "direction B(0)/|B(0)| of the total field at the observer (x = 0) of each realisation, "
+                         "simulation frame (B0 along +z)", "units": "1"}),
+    }
+
+
+def _form_variables(e: Estimates) -> dict:
+    f, pw = e.forms, _POWER
+    return {
+        "cl_form": ((TIME_DIM, "ell", "i", "j"), f.cl, {
+            "long_name": "<C_l> as a quadratic form in the gradient: <C_l>(g) = g_i g_j cl_form_ij (K = K_map)",
+            "units": pw}),
+        "cl_form_cov": ((TIME_DIM, "ell", "pair", "pair_b"), f.cl_cov, {
+            "long_name": "covariance of the ensemble mean of the packed forms (pair = xx xy xz yy yz zz): "
+                         "var <C_l>(g) = c.cl_form_cov.c, c_pair = (2 - delta_ij) g_i g_j", "units": pw}),
+        "dipole_standard_form": ((TIME_DIM, "i", "j"), f.dipole_standard, {
+            "long_name": "dipole_standard as a quadratic form in the gradient: C_1(<dI>)(g) = g_i g_j "
+                         "dipole_standard_form_ij", "units": pw}),
+    }
+
+
 def _steady_variables(e: Estimates) -> dict:
     st = e.steady
     t_last = st[0].t_late if st else math.nan
@@ -533,7 +634,8 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
     lmax = reduction.spectra.shape[2] - 1
     used, expected = int(reduction.indices.size), int(config.ensemble.realisations)
     data = {**_tensor_variables(e), **_spectrum_variables(e), **_sum_rule_variables(e), **_fit_variables(e),
-            **_skymap_variables(e, nside), **_steady_variables(e)}
+            **_skymap_variables(e, nside), **_steady_variables(e), **_gyrotropy_variables(e, reduction),
+            **_form_variables(e)}
     data = {name: (dims, values, _cf_units(attrs)) for name, (dims, values, attrs) in data.items()}
     component = {"units": "1", "comment": "Cartesian component in the simulation frame: B0 along +z"}
     coords = {
@@ -548,6 +650,11 @@ def assemble_dataset(reduction: EnsembleReduction, e: Estimates, *, config, nsid
         "j": ("j", list(_COMPONENTS), {"long_name": "second tensor component", **component}),
         "realisation": ("realisation", reduction.indices, {"long_name": "realisation index (turbulent-field "
                         "realisation; seeds SeedSequence([seed, index]))", "units": "1"}),
+        "axis": ("axis", list(est.GYRO_AXES), {"long_name": "axis of the gyrotropic decomposition: B0 (+z) or "
+                                              "the local field B(0) at the observer of each realisation"}),
+        "pair": ("pair", list(est.FORM_PAIR_NAMES), {"long_name": "packed component pair (i <= j) of a "
+                                                     "symmetric form in the gradient"}),
+        "pair_b": ("pair_b", list(est.FORM_PAIR_NAMES), {"long_name": "second packed component pair"}),
         "map_time": ("map_time", np.asarray(reduction.map_times, dtype=np.int64),
                      {"long_name": "snapshot index (along t_omega) of the sky maps", "units": "1"}),
         "map_t_omega": ("map_time", np.asarray(reduction.t_omega, dtype=np.float64)[reduction.map_times],
@@ -736,7 +843,9 @@ def upgrade_layout(ds: xr.Dataset) -> xr.Dataset:
 #: and the figures (files of older versions lack some of them).
 REQUIRED_VARIABLES = ("cl", "cl_err", "cl_hat", "noise", "noise_err", "dipole_standard", "K_par", "K_perp",
                       "K_par_err", "K_perp_err", "K_map", "gradient_vector", "p_fit", "p_err", "p_lo", "p_hi",
-                      "fit_lmin", "fit_lmax", "fit_norm", "fit_curve", "skymap", "T")
+                      "fit_lmin", "fit_lmax", "fit_norm", "fit_curve", "skymap", "T", "cl_gyro", "cl_gyro_err",
+                      "cl_nongyro", "cl_nongyro_err", "gyro_fraction", "gyro_fraction_err", "cl_form",
+                      "cl_form_cov", "dipole_standard_form", "K_rel")
 REQUIRED_ATTRS = ("analysis_id", "config_sha256", "n_realisations_used", "n_realisations_expected", "complete")
 
 

@@ -30,6 +30,15 @@ from ..errors import InputError
 from .harmonics import quadratic_coefficients
 
 __all__ = [
+    "gradient_at_angle",
+    "angle_gradient_name",
+    "GYRO_AXES",
+    "Gyrotropy",
+    "gyrotropy",
+    "FORM_PAIRS",
+    "FORM_PAIR_NAMES",
+    "GradientForms",
+    "gradient_forms",
     "GRADIENT_PRESETS",
     "FIT_NSIGMA",
     "NOISE_MODELS",
@@ -261,6 +270,41 @@ def resolve_gradients(gradients=None) -> dict[str, np.ndarray]:
     if not out:
         raise InputError("no gradients given")
     return out
+
+
+def gradient_at_angle(angle_deg: float) -> np.ndarray:
+    """The gradient in the x-z plane at ``angle_deg`` to ``B0`` (+z), of the presets' magnitude.
+
+    Parameters
+    ----------
+    angle_deg : float
+        Angle between ``g`` and ``B0`` in degrees, ``0 <= angle_deg <= 180`` (0: the
+        ``parallel`` preset, 90: ``perpendicular``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,)
+        ``(sin a, 0, cos a)`` in ``1 / L_c`` (unit length, like :data:`GRADIENT_PRESETS`).
+
+    Raises
+    ------
+    InputError
+        Not a finite number in ``[0, 180]``.
+    """
+    try:
+        a = float(angle_deg)
+    except (TypeError, ValueError):
+        raise InputError(f"gradient angle {angle_deg!r}: must be a number of degrees in [0, 180]") from None
+    if not (math.isfinite(a) and 0.0 <= a <= 180.0):
+        raise InputError(f"gradient angle {angle_deg!r}: must be between 0 and 180 degrees")
+    rad = math.radians(a)
+    magnitude = float(np.linalg.norm(GRADIENT_PRESETS["parallel"]))
+    return magnitude * np.array([math.sin(rad), 0.0, math.cos(rad)])
+
+
+def angle_gradient_name(angle_deg: float) -> str:
+    """Name of the gradient at ``angle_deg`` to B0 in an analysis (``angle30``, ``angle22.5``)."""
+    return f"angle{float(angle_deg):g}"
 
 
 def resolve_map_tensor(K, Ks: np.ndarray) -> tuple[np.ndarray, str]:
@@ -826,3 +870,100 @@ def steady_state(t_omega, cl_hat, cl_err, noise_err, lmax_test: int = STEADY_LMA
     else:
         reason = f"{onset_text} is later than t Omega = {t[early]:.3g}, half the last time ({parts})"
     return SteadyState(False, True, status=f"not steady: {reason}", **common)
+
+
+# ---------------------------------------------------------------------------------
+# Gyrotropy and quadratic forms in the gradient
+# ---------------------------------------------------------------------------------
+#: Axes of the gyrotropic decomposition: the regular field B0 (+z) and the total field
+#: B(0) = B0 + dB(0) at the observer, one per realisation.
+GYRO_AXES = ("B0", "local")
+
+
+@dataclass(frozen=True)
+class Gyrotropy:
+    """Power of the ``m = 0`` modes about an axis (gyrotropic) and the rest, per ``l``.
+
+    All arrays (n_axes, n_grad, n_time, L), dimensionless (``|g| = 1 / L_c``):
+    ``gyro`` is ``<a'_l0^2 / (2l+1)>`` over realisations, ``rest = <C_l> - gyro`` (the
+    ``m != 0`` power); ``fraction = gyro / <C_l>`` with its delta-method error.
+    """
+
+    gyro: np.ndarray
+    gyro_err: np.ndarray
+    rest: np.ndarray
+    rest_err: np.ndarray
+    fraction: np.ndarray
+    fraction_err: np.ndarray
+
+
+def gyrotropy(weights: MapWeights, axial: np.ndarray, cl_r: np.ndarray) -> Gyrotropy:
+    """:class:`Gyrotropy` of the maps ``dI = w . V`` of every realisation.
+
+    Parameters
+    ----------
+    weights : MapWeights
+        ``w`` (n_grad, n_time, 6) of the maps.
+    axial : numpy.ndarray, shape (R, n_time, n_axes, L, 6)
+        ``a'_l0`` of the six component maps about each axis
+        (:func:`crsky.analysis.harmonics.component_harmonics`).
+    cl_r : numpy.ndarray, shape (R, n_grad, n_time, L)
+        ``C_l`` of each realisation's map.
+    """
+    ell = np.arange(axial.shape[3])
+    a0 = np.einsum("gtc,rtalc->ragtl", weights.w, axial)  # the maps are linear in V: so is a'_l0
+    power_r = a0**2 / (2.0 * ell + 1.0)
+    rest_r = cl_r[:, None] - power_r
+    gyro, gyro_err = mean_sem(power_r)
+    rest, rest_err = mean_sem(rest_r)
+    fraction, fraction_err = ratio_sem(power_r, np.broadcast_to(cl_r[:, None], power_r.shape))
+    return Gyrotropy(gyro, gyro_err, rest, rest_err, fraction, fraction_err)
+
+
+#: Packed pairs ``(i, j), i <= j`` of a symmetric 3 x 3 form in the gradient.
+FORM_PAIRS = np.triu_indices(3)
+#: Their names (coordinate ``pair`` of the analysis file).
+FORM_PAIR_NAMES = tuple("xyz"[i] + "xyz"[j] for i, j in zip(*FORM_PAIRS))
+
+
+class GradientForms(NamedTuple):
+    """``<C_l>`` and the standard dipole as quadratic forms in the gradient ``g``.
+
+    The map ``dI = V . w`` with ``w = M g``, ``M = (1; -3 K_map)`` (6 x 3), so
+    ``C_l(g) = g^T Q_l g`` with ``Q_l = M^T S_l M``. ``cl`` (n_time, L, 3, 3): the
+    ensemble mean ``<Q_l>``; ``cl_cov`` (n_time, L, 6, 6): covariance of the mean of the
+    packed forms (``FORM_PAIRS``; the variance of ``<C_l>(g)`` is ``c^T cl_cov c`` with
+    ``c = (2 - delta_ij) g_i g_j``); ``dipole_standard`` (n_time, 3, 3): the form of
+    ``C_1`` of the realisation-averaged map. Dimensionless per ``(1/L_c)^2``.
+    """
+
+    cl: np.ndarray
+    cl_cov: np.ndarray
+    dipole_standard: np.ndarray
+
+
+def _unpack(S: np.ndarray) -> np.ndarray:
+    """Packed 21-component cross-spectra (..., 21) -> symmetric (..., 6, 6)."""
+    from .harmonics import PACKED_PAIRS
+
+    full = np.zeros(S.shape[:-1] + (6, 6))
+    full[..., PACKED_PAIRS[0], PACKED_PAIRS[1]] = S
+    full[..., PACKED_PAIRS[1], PACKED_PAIRS[0]] = S
+    return full
+
+
+def gradient_forms(K_map: np.ndarray, spectra: np.ndarray, mean_spectra: np.ndarray) -> GradientForms:
+    """:class:`GradientForms` from the packed cross-spectra of every realisation
+    (R, n_time, L, 21) and of the mean maps (n_time, L, 21); ``K_map`` (n_time, 3, 3) in ``L_c c``."""
+    M = np.concatenate([np.broadcast_to(np.eye(3), K_map.shape), -3.0 * K_map], axis=1)  # (t, 6, 3)
+    R, n_time, L, _ = spectra.shape
+    mean = np.empty((n_time, L, 3, 3))
+    cov = np.full((n_time, L, 6, 6), np.nan)
+    for t in range(n_time):  # one snapshot at a time: the unpacked 6 x 6 of every realisation stays small
+        Q_r = M[t].T @ (_unpack(spectra[:, t]) @ M[t])  # (R, L, 3, 3)
+        mean[t] = Q_r.mean(axis=0)
+        if R > 1:
+            dev = Q_r[..., FORM_PAIRS[0], FORM_PAIRS[1]] - mean[t][..., FORM_PAIRS[0], FORM_PAIRS[1]]
+            cov[t] = np.einsum("rla,rlb->lab", dev, dev) / ((R - 1) * R)
+    dipole = np.einsum("tai,tab,tbj->tij", M, _unpack(mean_spectra[:, 1]), M)
+    return GradientForms(mean, cov, dipole)

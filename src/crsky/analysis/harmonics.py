@@ -20,8 +20,12 @@ __all__ = [
     "PACKED_PAIRS",
     "anafast_options",
     "angular_power",
+    "axial_coefficients",
+    "axis_weights",
     "binning_matrix",
+    "component_harmonics",
     "cross_spectra",
+    "rotate_to_axis",
     "quadratic_coefficients",
     "sht_threads",
 ]
@@ -133,19 +137,135 @@ def cross_spectra(maps, lmax: int, binning=None) -> np.ndarray:
         ``sum_{A<=B} (2 - delta_AB) w_A w_B S_l^{AB}``. Same ``map2alm`` settings as
         :func:`angular_power`, so the two agree to rounding.
     """
+    return component_harmonics(maps, lmax, binning=binning)[0]
+
+
+def component_harmonics(maps, lmax: int, weights=None, binning=None) -> tuple[np.ndarray, np.ndarray]:
+    """Packed cross-spectra and the ``m = 0`` coefficients about given axes, one ``map2alm`` per snapshot.
+
+    Parameters
+    ----------
+    maps : array_like, shape (n_time, npix, 6)
+        Component maps ``V = (x, y, z, p_x, p_y, p_z)`` of each snapshot.
+    lmax : int
+        Largest multipole.
+    weights : numpy.ndarray, shape (n_axes, n_alm), optional
+        :func:`axis_weights` of the axes; none by default.
+    binning : scipy.sparse.csr_matrix, optional
+        Cache of ``binning_matrix(lmax)``.
+
+    Returns
+    -------
+    spectra : numpy.ndarray, shape (n_time, lmax + 1, 21)
+        As :func:`cross_spectra`.
+    axial : numpy.ndarray, shape (n_time, n_axes, lmax + 1, 6)
+        ``a_l0`` of each component map in a frame whose pole is the axis
+        (:func:`axial_coefficients`); real.
+    """
     maps = np.asarray(maps, dtype=np.float64)
     n_time, npix, n_comp = maps.shape
     nside = hp.npix2nside(npix)
     B = binning_matrix(lmax) if binning is None else binning
-    out = np.empty((n_time, lmax + 1, PACKED_PAIRS[0].size))
+    Y = np.zeros((0, B.shape[1]), dtype=np.complex128) if weights is None else weights
+    spectra = np.empty((n_time, lmax + 1, PACKED_PAIRS[0].size))
+    axial = np.empty((n_time, Y.shape[0], lmax + 1, n_comp))
     opts = anafast_options(nside)
     a, b = PACKED_PAIRS
     for t in range(n_time):
         with sht_threads():
-            alm = np.asarray(hp.map2alm(np.ascontiguousarray(maps[t].T), lmax=lmax, **opts))  # (6, nalm)
+            alm = np.asarray(hp.map2alm(np.ascontiguousarray(maps[t].T), lmax=lmax, **opts))  # (n_comp, nalm)
         re, im = alm.real, alm.imag
         products = re[a] * re[b] + im[a] * im[b]  # (21, nalm): Re(a_A a_B^*)
-        out[t] = (B @ products.T)  # (lmax + 1, 21)
+        spectra[t] = (B @ products.T)  # (lmax + 1, 21)
+        if Y.shape[0]:
+            axial[t] = _project(alm, Y, B)
+    return spectra, axial
+
+
+def _project(alm: np.ndarray, Y: np.ndarray, B) -> np.ndarray:
+    """``a_l0`` about each axis of ``Y`` (n_axes, nalm) for ``alm`` (n_comp, nalm): (n_axes, L, n_comp)."""
+    # B[l, n] (2l+1) is 1 for m = 0 and 2 for m > 0: the -m partner of a real map
+    factor = np.sqrt(4.0 * np.pi * (2.0 * np.arange(B.shape[0]) + 1.0))  # (2l+1) sqrt(4 pi / (2l+1))
+    n_axes, n_comp = Y.shape[0], alm.shape[0]
+    terms = alm.real[None] * Y.real[:, None] - alm.imag[None] * Y.imag[:, None]  # Re(a_lm Y_lm(n))
+    out = (B @ terms.reshape(n_axes * n_comp, -1).T) * factor[:, None]  # (L, n_axes * n_comp)
+    return out.reshape(B.shape[0], n_axes, n_comp).transpose(1, 0, 2)
+
+
+def axis_weights(axes, lmax: int) -> np.ndarray:
+    """``Y_lm(n)`` of unit vectors ``n`` in healpy's ``a_lm`` order (``m >= 0``).
+
+    Parameters
+    ----------
+    axes : array_like, shape (n_axes, 3)
+        Axis directions (any length > 0), in the frame of the maps.
+    lmax : int
+        Largest multipole.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_axes, n_alm), complex
+        Weights for :func:`axial_coefficients` / :func:`component_harmonics`.
+    """
+    from scipy.special import sph_harm_y
+
+    axes = np.atleast_2d(np.asarray(axes, dtype=np.float64))
+    theta, phi = hp.vec2ang(axes / np.linalg.norm(axes, axis=1, keepdims=True))
+    ell, m = hp.Alm.getlm(lmax)
+    return np.stack([sph_harm_y(ell, m, th, ph) for th, ph in zip(theta, phi)])
+
+
+def axial_coefficients(alm, axes, lmax: int) -> np.ndarray:
+    """``a_l0`` of real maps in frames whose pole is each of ``axes``.
+
+    By the addition theorem the ``m = 0`` coefficient about a unit vector ``n`` is
+    ``a'_l0 = sqrt(4 pi / (2l+1)) sum_m a_lm Y_lm(n)``: ``sqrt(4 pi / (2l+1))`` times the
+    degree-``l`` part of the map at ``n``; real, and independent of the rotation about
+    ``n`` that completes the frame. Equal to the ``m = 0`` coefficients of
+    ``healpy.rotate_alm`` (:func:`rotate_to_axis`) to rounding, at ``O(n_alm)`` instead
+    of ``O(lmax^3)`` per map. The power ``a'_l0^2 / (2l+1)`` is the same about ``-n``.
+
+    Parameters
+    ----------
+    alm : array_like, shape (..., n_alm)
+        healpy ``a_lm`` (``m >= 0``) of real maps.
+    axes : array_like, shape (n_axes, 3)
+        Axis directions in the frame of the maps.
+    lmax : int
+        Largest multipole of ``alm``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_axes, ..., lmax + 1)
+        ``a'_l0`` (units of the map).
+    """
+    alm = np.asarray(alm, dtype=np.complex128)
+    lead = alm.shape[:-1]
+    flat = alm.reshape(-1, alm.shape[-1])
+    out = _project(flat, axis_weights(axes, lmax), binning_matrix(lmax))  # (n_axes, L, n)
+    return np.moveaxis(out, 1, -1).reshape((out.shape[0],) + lead + (lmax + 1,))
+
+
+def rotate_to_axis(alm, axis, lmax: int) -> np.ndarray:
+    """``a_lm`` of a map in a frame whose pole is ``axis``, with ``healpy.rotate_alm``.
+
+    The active rotation ``R_y(-theta) R_z(-phi)`` (``theta, phi`` the angles of
+    ``axis``) carries ``axis`` to ``+z``; ``m = 0`` of the result is the axisymmetric part
+    about ``axis``. The spectrum ``C_l`` is unchanged (to rounding).
+
+    Parameters
+    ----------
+    alm : array_like, shape (n_alm,)
+        healpy ``a_lm`` of one map.
+    axis : array_like, shape (3,)
+        Direction in the frame of the map.
+    lmax : int
+        Largest multipole of ``alm``.
+    """
+    axis = np.asarray(axis, dtype=np.float64)
+    theta, phi = hp.vec2ang(axis / np.linalg.norm(axis))
+    out = np.array(alm, dtype=np.complex128, copy=True)
+    hp.rotate_alm(out, psi=-float(phi[0]), theta=-float(theta[0]), phi=0.0, lmax=lmax)
     return out
 
 

@@ -60,6 +60,7 @@ SUMMARY_UNITS = {
     "sum_rule": "1", "sum_rule_err": "1", "sum_rule_expected": "1",
     "p_fit": "1", "p_err": "1", "p_fit_relative": "1", "p_err_relative": "1",
     "p": "1", "p_lo": "1", "p_hi": "1", "chi2_dof": "1", "norm": "1", "lmin": "1", "lmax": "1",
+    "gyro_fraction": "1", "gyro_fraction_err": "1",
     "max_sigma": "1", "t_early": "1 (Omega T)", "t_late": "1 (Omega T)",
     "onset_t_omega": "1 (Omega T)", "onset_T": "L_c/c", "onset_dipole_t_omega": "1 (Omega T)",
     "onset_shape_t_omega": "1 (Omega T)",
@@ -179,7 +180,9 @@ def summary_dict(ds: xr.Dataset) -> dict:
         (``C_1`` of ``<dI>``), ``"sum_rule"`` (eq. 2.5 LHS / RHS with the LHS summed over
         all ``l``) with ``"sum_rule_err"`` and ``"sum_rule_expected"``, ``"p_fit", "p_err"``,
         ``"p_fit_relative", "p_err_relative"``, ``"bgk_fit"``, ``"bgk_fit_relative"``
-        (best ``p``, interval, clipping, range, chi2/dof, status), ``"steady_state"``}}``.
+        (best ``p``, interval, clipping, range, chi2/dof, status), ``"steady_state"``,
+        ``"gyrotropy"`` (``{"B0" | "local": {"gyro_fraction", "gyro_fraction_err"}}``: the
+        ``m = 0`` share of ``<C_l>`` per ``l`` at the last snapshot)}}``.
     """
     try:
         config = json.loads(ds.attrs.get("config", "{}"))
@@ -249,6 +252,11 @@ def summary_dict(ds: xr.Dataset) -> dict:
             "bgk_fit_relative": _fit_record(d, ds, name, "_relative", "fit_status_relative"),
             "steady_state": steady,
         }
+        if "gyro_fraction" in d.variables:
+            out["gradients"][name]["gyrotropy"] = {
+                str(axis): {"gyro_fraction": _json_list(d["gyro_fraction"].sel(axis=axis).values[-1]),
+                            "gyro_fraction_err": _json_list(d["gyro_fraction_err"].sel(axis=axis).values[-1])}
+                for axis in ds["axis"].values}
     return out
 
 
