@@ -237,14 +237,39 @@ def _cmd_plot(args) -> int:
     from .analysis import SUMMARY_FILE, read_summary
     from .plots import make_figures
 
+    noise = _observed_noise(args)
+    fit = args.observed is not None and not args.no_fit
     with store.lock(exclusive=False, clean=True):  # no run may write while the figures are drawn
-        paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
+        paths = make_figures(args.run_dir, observed=args.observed, observed_noise=noise,
+                             fit_observed=fit)  # refuses without a current analysis
         _, regenerated = read_summary(args.run_dir)
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
               "remade it from analysis.nc", file=sys.stderr)
     _print_figures("crsky plot", paths, args.run_dir)
+    if fit:
+        from pathlib import Path
+
+        from .observed import FIT_FILE, format_comparison
+
+        fit_path = next(p for p in paths if Path(p).name == FIT_FILE)
+        print(format_comparison(json.loads(Path(fit_path).read_text())))
     return 0
+
+
+def _observed_noise(args):
+    """``N = f_sky 4 pi / N_CR`` from ``--n-cr`` and ``--f-sky`` (both or neither), or None."""
+    from .observed import noise_level
+
+    given = [name for name, value in (("--n-cr", args.n_cr), ("--f-sky", args.f_sky)) if value is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        raise UsageError(f"{given[0]} needs {'--f-sky' if given[0] == '--n-cr' else '--n-cr'} as well: the noise "
+                         "level is N = f_sky 4 pi / N_CR")
+    if args.observed is None:
+        raise UsageError("--n-cr and --f-sky are the noise level of an observed spectrum: give --observed FILE.csv")
+    return noise_level(args.n_cr, args.f_sky)
 
 
 def _print_figures(prog: str, paths, run_dir) -> None:
@@ -382,7 +407,17 @@ def _add_plot_command(sub) -> None:
                           "`crsky analyze RUN_DIR` first).")
     plot.add_argument("run_dir", help="run directory written by crsky run")
     plot.add_argument("--observed", metavar="FILE.csv",
-                      help="measured spectrum to overlay: columns ell, C_ell, error[, noise]")
+                      help="measured spectrum to overlay and fit (BGK eq. 4.7 with free normalisation and a "
+                      "broken power law, also fitted to the simulation; results printed and stored in "
+                      "figures/observed_fit.json): columns ell, C_ell, error or error_low,error_high[, noise] "
+                      "(docs/observatories.md)")
+    plot.add_argument("--n-cr", type=float, metavar="N_CR",
+                      help="number of events of the observed spectrum: with --f-sky, its noise level "
+                      "N = f_sky 4 pi / N_CR is drawn and only multipoles with C_ell > N are fitted")
+    plot.add_argument("--f-sky", type=float, metavar="F",
+                      help="effective sky fraction in (0, 1] holding the N_CR events (with --n-cr)")
+    plot.add_argument("--no-fit", action="store_true",
+                      help="draw the observed spectrum without fitting it (no errors needed)")
     plot.set_defaults(func=_cmd_plot)
 
 

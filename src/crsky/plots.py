@@ -60,6 +60,7 @@ from .analysis.dataset import load_current_analysis, nearest_log_indices, select
 from .analysis.estimators import STEADY_LMAX, STEADY_NSIGMA, p_interval_text
 from .analysis.sky import arrival_direction_map
 from .errors import InputError
+from .observed import FIT_FILE as _FIT_FILE
 from .store import atomic_write_bytes
 
 __all__ = [
@@ -869,8 +870,52 @@ def _draw_observed(ax, obs_list) -> list:
     return handles
 
 
-def _draw_simulated(ax, ds, k: int, ref) -> list:
-    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``; the handles."""
+def _draw_noise_levels(ax, obs_list, noise_levels) -> list:
+    """A horizontal line at each given noise level ``N = f_sky 4 pi / N_CR``; the handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for i, (obs, level) in enumerate(zip(obs_list, noise_levels or [])):
+        if level is None:
+            continue
+        colour = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")[i % 5]
+        ax.axhline(level, color=colour, ls="-.", lw=1.0, zorder=1)
+        handles.append(Line2D([], [], color=colour, ls="-.", lw=1.0,
+                              label=f"noise $\\mathcal{{N}} = f_{{sky}} 4\\pi/N_{{CR}}$ = {level:.2g} ({obs.label})"))
+    return handles
+
+
+def _draw_observed_fits(ax, fits: dict) -> list:
+    """The BGK and broken-power-law fits to each observed spectrum (absolute); the handles."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+    from .observed import broken_power_law
+
+    handles = []
+    for i, o in enumerate(fits["observed"]):
+        b, bpl = o["bgk"], o["broken_power_law"]
+        lo, hi = min(b["ell_min"], bpl["ell_min"]), max(b["ell_max"], bpl["ell_max"])
+        l_curve = np.unique(np.geomspace(lo, hi, 200).round().astype(int))
+        colour = ("darkorange", "goldenrod", "peru", "khaki", "gold")[i % 5]
+        ratio = bgk_ratio(min(max(b["p"], 1e-9), 1.0 - 1e-9), hi)
+        l_bgk = l_curve[l_curve >= b["ell_min"]]
+        ax.plot(l_bgk, b["norm"] * ratio[l_bgk - 1], color=colour, ls="-", lw=1.8, zorder=3)
+        handles.append(Line2D([], [], color=colour, ls="-", lw=1.8,
+                              label=f"BGK fit to {o['label']}: p = {b['p']:.2f} "
+                              f"[{b['p_lo']:.2f}, {b['p_hi']:.2f}],\n$\\chi^2$/dof = {b['chi2_dof']:.2g}"))
+        ax.plot(l_curve, broken_power_law(l_curve, bpl["amplitude"], bpl["ell_break"], bpl["slope_low"],
+                                          bpl["slope_high"]), color=colour, ls=(0, (4, 1.5)), lw=1.4, zorder=3)
+        handles.append(Line2D([], [], color=colour, ls=(0, (4, 1.5)), lw=1.4,
+                              label=f"broken power law fit to {o['label']}:\n$\\ell_b$ = {bpl['ell_break']:.2g}, "
+                              f"slopes {bpl['slope_low']:.2g} / {bpl['slope_high']:.2g}, "
+                              f"$\\chi^2$/dof = {bpl['chi2_dof']:.2g}"))
+    return handles
+
+
+def _draw_simulated(ax, ds, k: int, ref, fits=None) -> list:
+    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``, and the
+    broken power law fitted to it (from ``fits``, scaled alike); the handles."""
     from matplotlib.lines import Line2D
 
     t = np.asarray(ds["t_omega"].values, dtype=float)
@@ -897,6 +942,18 @@ def _draw_simulated(ax, ds, k: int, ref) -> list:
         handles.append(Line2D([], [], color=colour, marker="s", ms=3.5, ls="-", lw=0.8,
                               label=f"simulated $\\hat C_\\ell$, {short}\n"
                               f"$t\\Omega$ = {t[k]:.3g}, $\\times$ A = {amp:.2g}"))
+        sim_fit = next((s["broken_power_law"] for s in (fits or {}).get("simulation", []) if s["gradient"] == name),
+                       None)
+        if sim_fit:
+            from .observed import broken_power_law
+
+            l_fit = np.unique(np.geomspace(sim_fit["ell_min"], sim_fit["ell_max"], 200).round().astype(int))
+            ax.plot(l_fit, amp * broken_power_law(l_fit, sim_fit["amplitude"], sim_fit["ell_break"],
+                                                  sim_fit["slope_low"], sim_fit["slope_high"]),
+                    color=colour, ls=(0, (4, 1.5)), lw=1.1, zorder=3)
+            handles.append(Line2D([], [], color=colour, ls=(0, (4, 1.5)), lw=1.1,
+                                  label=f"broken power law fit, {short}:\n$\\ell_b$ = {sim_fit['ell_break']:.2g}, "
+                                  f"slopes {sim_fit['slope_low']:.2g} / {sim_fit['slope_high']:.2g}"))
     return handles
 
 
@@ -934,7 +991,7 @@ def _no_positive_power(ax, obs_list) -> None:
             transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
 
 
-def plot_observed(ds, observed, time=None):
+def plot_observed(ds, observed, time=None, fits=None, noise_levels=None):
     """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
 
     The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
@@ -954,6 +1011,14 @@ def plot_observed(ds, observed, time=None):
         From :func:`crsky.observed.read_observed`.
     time : int, optional
         Snapshot index of the simulated spectrum; default the last.
+    fits : dict, optional
+        :func:`crsky.observed.comparison_record` of the same spectra and snapshot: adds
+        the BGK and broken-power-law fits to each observed spectrum (absolute, as
+        fitted) and the broken power law fitted to each simulated spectrum (scaled by
+        that spectrum's ``A``).
+    noise_levels : sequence of float or None, optional
+        The noise level ``N = f_sky 4 pi / N_CR`` of each observed spectrum
+        (:func:`crsky.observed.noise_level`), drawn as a horizontal line.
 
     Returns
     -------
@@ -973,8 +1038,11 @@ def plot_observed(ds, observed, time=None):
     ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
     ref = obs_list[0]
     handles = _draw_observed(ax, obs_list)
-    handles += _draw_simulated(ax, ds, k, ref)
+    handles += _draw_noise_levels(ax, obs_list, noise_levels)
+    handles += _draw_simulated(ax, ds, k, ref, fits)
     handles += _draw_scaled_bgk(ax, ds, ref, lmax_all)
+    if fits is not None:
+        handles += _draw_observed_fits(ax, fits)
     ax.set_xscale("log")
     if not any(np.any(o.cl > 0) for o in obs_list):
         _no_positive_power(ax, obs_list)
@@ -998,7 +1066,8 @@ def plot_observed(ds, observed, time=None):
 # ---------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------
-def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path]:
+def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), observed_noise=None,
+                 fit_observed: bool = True) -> list[Path]:
     """Write all figures of a run to ``RUN_DIR/figures/`` (PNG and PDF by default).
 
     Parameters
@@ -1011,13 +1080,24 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         ``observed_comparison``. Read and validated before anything is written.
     formats : sequence of str
         Matplotlib output formats.
+    observed_noise : float or sequence of (float or None), optional
+        Noise level ``N = f_sky 4 pi / N_CR`` of each observed spectrum
+        (:func:`crsky.observed.noise_level`; one value applies to all): drawn, and the
+        fits use the multipoles above it (else the file's ``noise`` column, if any).
+    fit_observed : bool, optional
+        Fit the observed spectra (:func:`crsky.observed.fit_observed`, default True):
+        the fits are drawn and stored in ``figures/observed_fit.json`` (written
+        atomically; ``analysis.nc`` is not touched). Bad input for a fit (an error
+        ``<= 0`` among the multipoles used, too few multipoles) stops before anything is
+        written.
 
     Returns
     -------
     list of pathlib.Path
         Every file written: ``fig2_spectrum_evolution``, ``fig3_spectrum_shape``,
         ``skymaps_<gradient>`` (``parallel`` when analysed), ``diffusion_coefficients``
-        and, with ``observed``, ``observed_comparison``, each in every format. The
+        and, with ``observed``, ``observed_comparison``, each in every format, and
+        ``observed_fit.json`` when fitted. The
         figure set is replaced: files of the stems crsky writes (:data:`FIGURE_STEMS`,
         ``skymaps_*``) in PNG, PDF or ``formats`` that this call did not write (an
         ``observed_comparison`` of an earlier ``--observed`` call) are removed, after the
@@ -1033,12 +1113,19 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         No current analysis of the run (missing, of an older crsky, of other
         realisations or another configuration): run ``crsky analyze RUN_DIR`` first.
     """
-    from .observed import ObservedSpectrum, read_observed
+    from . import observed as obs_mod
 
-    obs_list = None
+    obs_list = fits = noise_levels = None
     if observed is not None:
-        items = [observed] if isinstance(observed, (str, os.PathLike, ObservedSpectrum)) else list(observed)
-        obs_list = [o if isinstance(o, ObservedSpectrum) else read_observed(o) for o in items]
+        items = [observed] if isinstance(observed, (str, os.PathLike, obs_mod.ObservedSpectrum)) else list(observed)
+        obs_list = [o if isinstance(o, obs_mod.ObservedSpectrum) else obs_mod.read_observed(o) for o in items]
+        noise_levels = ([observed_noise] * len(obs_list) if observed_noise is None or np.ndim(observed_noise) == 0
+                        else list(observed_noise))
+        if len(noise_levels) != len(obs_list):
+            raise InputError(f"{len(noise_levels)} noise levels for {len(obs_list)} observed spectra")
+        if fit_observed:  # bad input for a fit stops here, before any file is written
+            fits = [obs_mod.fit_observed(o, noise=n, noise_source=None if n is None else "f_sky 4 pi / N_CR")
+                    for o, n in zip(obs_list, noise_levels)]
     _use_agg()
     ds = load_current_analysis(run_dir)
     out_dir = Path(run_dir) / FIGURES_DIR
@@ -1058,7 +1145,12 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         emit(plot_sky_maps(ds, gradient=gname), f"skymaps_{gname}")
         emit(plot_diffusion(ds), "diffusion_coefficients")
         if obs_list:
-            emit(plot_observed(ds, obs_list), "observed_comparison")
+            record = None if fits is None else obs_mod.comparison_record(ds, fits)
+            emit(plot_observed(ds, obs_list, fits=record, noise_levels=noise_levels), "observed_comparison")
+            if record is not None:
+                fit_path = out_dir / obs_mod.FIT_FILE
+                atomic_write_bytes(fit_path, (json.dumps(record, indent=1) + "\n").encode())
+                written.append(fit_path)
     _remove_stale(out_dir, written, formats)
     return written
 
@@ -1070,8 +1162,9 @@ def _remove_stale(out_dir: Path, written, formats) -> list[Path]:
     removed = []
     for path in sorted(out_dir.iterdir()):
         stem, suffix = path.stem, path.suffix
-        owned = stem in FIGURE_STEMS or stem.startswith(_SKYMAP_PREFIX)
-        if owned and suffix in suffixes and path.name not in keep and path.is_file():
+        owned = (stem in FIGURE_STEMS or stem.startswith(_SKYMAP_PREFIX)) and suffix in suffixes
+        owned = owned or path.name == _FIT_FILE  # the fits of an earlier --observed call
+        if owned and path.name not in keep and path.is_file():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             removed.append(path)
