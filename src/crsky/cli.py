@@ -272,6 +272,39 @@ def _observed_noise(args):
     return noise_level(args.n_cr, args.f_sky)
 
 
+def _cmd_observe(args) -> int:
+    from .analysis.observatory import resolve_band, sky_direction
+    from .store import RunStore
+
+    band = resolve_band(args.band)  # bad input first, before the heavy work
+    b0 = _angles(args.b0, "--b0")
+    gradient = _angles(args.gradient, "--gradient")
+    sky_direction(b0, args.frame, "--b0")
+    sky_direction(gradient, args.frame, "--gradient")
+    store = RunStore.existing(args.run_dir)
+    from .analysis.observatory import run_observatory
+
+    with store.lock(exclusive=False, clean=True):
+        paths, text = run_observatory(args.run_dir, b0, gradient, band, frame=args.frame,
+                                      remove_m0=not args.keep_m0, progress=not args.quiet)
+    print(text)
+    print(f"crsky observe: wrote {len(paths)} files")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def _angles(text: str, option: str) -> tuple[float, ...]:
+    """``LON,LAT`` (degrees) or ``X,Y,Z`` of a direction option."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected LON,LAT in degrees or X,Y,Z") from None
+    if len(values) not in (2, 3):
+        raise UsageError(f"{option} {text!r}: expected LON,LAT in degrees or X,Y,Z")
+    return values
+
+
 def _print_figures(prog: str, paths, run_dir) -> None:
     """The figure files written (``make_figures`` removed the stale ones of its set)."""
     from pathlib import Path
@@ -421,6 +454,29 @@ def _add_plot_command(sub) -> None:
     plot.set_defaults(func=_cmd_plot)
 
 
+def _add_observe_command(sub) -> None:
+    observe = sub.add_parser(
+        "observe", help="the sky as a ground-based observatory reports it: pseudo-C_l of a declination band",
+        description="Orient the simulated sky on the celestial sphere (B0 and the gradient), keep a declination "
+        "band, remove the m = 0 modes in equatorial coordinates and compute the pseudo-C_l of every "
+        "realisation at the last snapshot (docs/observatories.md). Writes RUN_DIR/observatory/BAND.nc and "
+        "RUN_DIR/figures/observatory_BAND.png/.pdf (full-sky C_l against the observatory's).")
+    observe.add_argument("run_dir", help="run directory with its current analysis")
+    observe.add_argument("--b0", required=True, metavar="LON,LAT",
+                         help="direction of the regular field B0 (degrees; or X,Y,Z) in --frame")
+    observe.add_argument("--gradient", required=True, metavar="LON,LAT",
+                         help="direction of the cosmic-ray gradient grad n / n (degrees; or X,Y,Z) in --frame")
+    observe.add_argument("--frame", choices=["galactic", "icrs"], default="galactic",
+                         help="frame of --b0 and --gradient: galactic (l, b; default) or icrs (ra, dec)")
+    observe.add_argument("--band", default="combined", metavar="BAND",
+                         help="declination band: icecube (-90..-20), hawc (-30..64), combined (-90..64; default) or "
+                         "DECMIN,DECMAX in degrees (write --band=-90,-30 when DECMIN is negative)")
+    observe.add_argument("--keep-m0", action="store_true",
+                         help="keep the m = 0 modes (default: removed, as ground-based detectors cannot measure them)")
+    observe.add_argument("--quiet", action="store_true", help="no progress bar")
+    observe.set_defaults(func=_cmd_observe)
+
+
 def _add_reproduce_command(sub) -> None:
     reproduce = sub.add_parser("reproduce", help="run + analyze + plot: the paper's experiment",
                                description="Run the ensemble of the preset (or of CONFIG over it; "
@@ -480,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_command(sub)
     _add_analyze_command(sub)
     _add_plot_command(sub)
+    _add_observe_command(sub)
     _add_reproduce_command(sub)
     _add_bgk_command(sub)
     _add_bench_command(sub)

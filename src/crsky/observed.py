@@ -34,6 +34,7 @@ A file larger than 16 MiB is refused unread.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -358,8 +359,9 @@ class BrokenPowerLawFit:
     for ``l >= l_b`` (continuous at the break; the slopes are ``d ln C_l / d ln l``,
     negative for a falling spectrum). Errors are 1-sigma from the curvature of
     ``chi^2`` at the minimum (``(J^T J)^-1`` of the weighted residuals), which is a
-    local, symmetric approximation; ``break_at_edge`` says the break sits at the first
-    or last multipole fitted, where its error is meaningless.
+    local, symmetric approximation; ``break_at_edge`` says the break leaves fewer than
+    two of the fitted multipoles on one side: that slope and the break are then not
+    determined by the data, the covariance is singular and every error is NaN (stored as null).
     """
 
     amplitude: float
@@ -477,15 +479,19 @@ def fit_broken_power_law(ell, cl, err_low, err_high=None) -> BrokenPowerLawFit:
             best = res
     theta = best.x
     jac = best.jac
-    try:
-        cov = np.linalg.inv(jac.T @ jac)
-        errs = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    except np.linalg.LinAlgError:
-        errs = np.full(4, np.nan)
+    amplitude, ell_break = math.exp(theta[0]), math.exp(theta[1])
+    # A slope needs two multipoles on its side of the break; with fewer, that slope and
+    # the break are not determined and (J^T J) is singular: their errors are NaN.
+    n_below, n_above = int(np.sum(ell < ell_break)), int(np.sum(ell >= ell_break))
+    edge = bool(n_below < 2 or n_above < 2)
+    errs = np.full(4, np.nan)
+    if not edge:
+        with contextlib.suppress(np.linalg.LinAlgError):
+            cov = np.linalg.inv(jac.T @ jac)
+            if np.all(np.diag(cov) > 0):
+                errs = np.sqrt(np.diag(cov))
     chi2 = float(2.0 * best.cost)
     dof = int(ell.size - BROKEN_POWER_LAW_PARAMETERS)
-    amplitude, ell_break = math.exp(theta[0]), math.exp(theta[1])
-    edge = bool(theta[1] - log_ell[0] < 1e-6 or log_ell[-1] - theta[1] < 1e-6)
     return BrokenPowerLawFit(
         amplitude=amplitude, amplitude_err=amplitude * float(errs[0]),
         ell_break=ell_break, ell_break_err=ell_break * float(errs[1]),
@@ -675,10 +681,14 @@ def comparison_record(ds, fits: list[ObservedFit], time_index: int | None = None
 
 
 def _bpl_text(b: dict) -> str:
-    edge = " (break at the edge of the range)" if b["break_at_edge"] else ""
-    return (f"l_break = {b['ell_break']:.3g} +- {b['ell_break_err']:.2g}{edge}, slopes {b['slope_low']:.3g} "
-            f"+- {b['slope_low_err']:.2g} / {b['slope_high']:.3g} +- {b['slope_high_err']:.2g}, "
-            f"A = {b['amplitude']:.3g}, chi2/dof = {b['chi2_dof']:.3g} ({b['dof']} dof, l = {b['ell_min']}..{b['ell_max']})")
+    def g(v, fmt=".2g"):
+        return "n/a" if v is None else format(v, fmt)
+
+    edge = " (fewer than 2 multipoles on one side of the break: not determined)" if b["break_at_edge"] else ""
+    return (f"l_break = {g(b['ell_break'], '.3g')} +- {g(b['ell_break_err'])}{edge}, slopes "
+            f"{g(b['slope_low'], '.3g')} +- {g(b['slope_low_err'])} / {g(b['slope_high'], '.3g')} +- "
+            f"{g(b['slope_high_err'])}, A = {g(b['amplitude'], '.3g')}, chi2/dof = {g(b['chi2_dof'], '.3g')} "
+            f"({b['dof']} dof, l = {b['ell_min']}..{b['ell_max']})")
 
 
 def format_comparison(record: dict) -> str:

@@ -76,6 +76,7 @@ __all__ = [
     "plot_sky_maps",
     "plot_diffusion",
     "plot_observed",
+    "plot_observatory",
     "arrival_map",
     "save_figure",
 ]
@@ -1175,3 +1176,85 @@ def _remove_stale(out_dir: Path, written, formats) -> list[Path]:
 def _quiet_numpy():
     with np.errstate(invalid="ignore", divide="ignore"):
         yield
+
+
+# ---------------------------------------------------------------------------------
+# The observatory forward model
+# ---------------------------------------------------------------------------------
+def plot_observatory(ds_obs, fits: dict | None = None):
+    """Full-sky ``C_hat_l`` against the observatory's pseudo-``C_l`` of the same realisations.
+
+    Top: the full-sky estimate ``<C_l> - N`` and the observatory's ``(<C~_l> - N T_l) /
+    f_sky`` (:mod:`crsky.analysis.observatory`) with their standard errors, the noise
+    levels ``N`` and ``N T_l / f_sky``, and the broken power laws fitted to both
+    (``fits`` as returned by ``observatory._shape_fits``). Bottom: their ratio per ``l``,
+    what the band and the lost ``m = 0`` modes do to each multipole.
+
+    Parameters
+    ----------
+    ds_obs : xarray.Dataset
+        :func:`crsky.analysis.observatory.observatory_dataset`.
+    fits : dict, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    a = ds_obs.attrs
+    ell = np.asarray(ds_obs["ell"].values)[1:]
+    full, full_err = ds_obs["cl_full_hat"].values[1:], ds_obs["cl_full_err"].values[1:]
+    obs, obs_err = ds_obs["pcl_hat"].values[1:], ds_obs["pcl_err"].values[1:]
+    fig = _new_figure(8.0, 7.0)
+    ax = fig.add_axes([0.11, 0.36, 0.85, 0.52])
+    ax_r = fig.add_axes([0.11, 0.08, 0.85, 0.2], sharex=ax)
+    m0 = "m = 0 removed" if a["remove_m0"] else "m = 0 kept"
+    for values, err, colour, marker, shift, label in (
+            (full, full_err, "tab:blue", "o", 1.0, r"full sky $\langle C_\ell\rangle - \mathcal{N}$"),
+            (obs, obs_err, "tab:red", "s", 1.04, f"observatory {a['band']} ({m0}):\n"
+             r"$(\langle \tilde C_\ell\rangle - \mathcal{N} T_\ell) / f_{sky}$, " f"$f_{{sky}}$ = {a['f_sky']:.2f}")):
+        pos = values > 0
+        ax.errorbar(ell[pos] * shift, values[pos], yerr=err[pos], fmt=marker, ms=3.5, color=colour, lw=0.9,
+                    capsize=0, label=label)
+    ax.axhline(a["noise"], color="tab:blue", ls=":", lw=1.2, label=r"shot noise $\mathcal{N}$ (full sky)")
+    ax.step(ell, a["noise"] * ds_obs["noise_transfer"].values[1:] / a["f_sky"], where="mid", color="tab:red",
+            ls=":", lw=1.2, label=r"observatory noise $\mathcal{N} T_\ell / f_{sky}$")
+    from .observed import broken_power_law
+
+    for key, colour in (("full sky", "tab:blue"), ("observatory", "tab:red")):
+        fit = (fits or {}).get(key, (None, ""))[0]
+        if fit is None:
+            continue
+        l_fit = np.geomspace(fit.ell_min, fit.ell_max, 200)
+        ax.plot(l_fit, broken_power_law(l_fit, fit.amplitude, fit.ell_break, fit.slope_low, fit.slope_high),
+                color=colour, ls="--", lw=1.0,
+                label=f"broken power law, {key}: slopes {fit.slope_low:.2g} / {fit.slope_high:.2g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _clip_bottom(ax, 4.0)
+    ax.set_ylabel(r"$C_\ell$ of $\delta I$ (gradient $1/L_c$)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower left", frameon=False)
+    ax.tick_params(labelbottom=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = obs / full
+        ratio_err = np.abs(ratio) * np.hypot(obs_err / obs, full_err / full)
+    # only where both estimates stand 2 standard errors above zero: elsewhere the ratio is noise
+    ok = np.isfinite(ratio) & (full > 2 * full_err) & (obs > 2 * obs_err)
+    ax_r.errorbar(ell[ok], ratio[ok], yerr=np.minimum(ratio_err[ok], 0.9 * ratio[ok]), fmt="s", ms=3,
+                  color="tab:red", lw=0.8, capsize=0, label="observatory / full sky (both > 2 standard errors)")
+    ax_r.axhline(1.0, color="0.4", lw=0.8)
+    ax_r.set_xscale("log")
+    ax_r.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax_r.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_r.yaxis.set_minor_formatter(NullFormatter())
+    ax_r.set_xlabel(r"multipole $\ell$")
+    ax_r.set_ylabel("ratio")
+    ax_r.grid(True, which="major", alpha=0.3)
+    ax_r.legend(fontsize=7.5, loc="lower right", frameon=False)
+    fig.suptitle("The simulated sky as a ground-based observatory reports it", fontsize=11, y=0.985)
+    fig.text(0.5, 0.935, f"band {a['band']}: dec {a['dec_min']:g}..{a['dec_max']:g} deg, angle(B0, gradient) = "
+             f"{a['theta_deg']:.1f} deg, t$\\Omega$ = {a['t_omega']:.4g}, {a['n_realisations']} realisations; "
+             f"B0 {a['frame']} {a['b0']}, gradient {a['gradient']}", ha="center", fontsize=8, color="0.3")
+    return fig
