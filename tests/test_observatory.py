@@ -170,6 +170,7 @@ def test_observatory_figure_and_file(analysed_run):
     assert ds_obs.attrs["f_sky"] == pytest.approx(obs.band_mask(8, obs.resolve_band("icecube")).mean())
     np.testing.assert_allclose(ds_obs["pcl_hat"].values,
                                (res.pcl.mean(0) - res.noise * res.noise_transfer) / res.f_sky)
+    assert np.all(np.isfinite(ds_obs["ratio_err"].values[1:]))
 
 
 def _crsky(*args):

@@ -1187,8 +1187,9 @@ def plot_observatory(ds_obs, fits: dict | None = None):
     Top: the full-sky estimate ``<C_l> - N`` and the observatory's ``(<C~_l> - N T_l) /
     f_sky`` (:mod:`crsky.analysis.observatory`) with their standard errors, the noise
     levels ``N`` and ``N T_l / f_sky``, and the broken power laws fitted to both
-    (``fits`` as returned by ``observatory._shape_fits``). Bottom: their ratio per ``l``,
-    what the band and the lost ``m = 0`` modes do to each multipole.
+    (``fits`` as returned by ``observatory._shape_fits``). Bottom: their ratio per ``l``
+    (error paired over realisations), what the band and the lost ``m = 0`` modes do to
+    each multipole.
 
     Parameters
     ----------
@@ -1235,13 +1236,11 @@ def plot_observatory(ds_obs, fits: dict | None = None):
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left", frameon=False)
     ax.tick_params(labelbottom=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = obs / full
-        ratio_err = np.abs(ratio) * np.hypot(obs_err / obs, full_err / full)
+    ratio, ratio_err = ds_obs["ratio"].values[1:], ds_obs["ratio_err"].values[1:]
     # only where both estimates stand 2 standard errors above zero: elsewhere the ratio is noise
     ok = np.isfinite(ratio) & (full > 2 * full_err) & (obs > 2 * obs_err)
     ax_r.errorbar(ell[ok], ratio[ok], yerr=np.minimum(ratio_err[ok], 0.9 * ratio[ok]), fmt="s", ms=3,
-                  color="tab:red", lw=0.8, capsize=0, label="observatory / full sky (both > 2 standard errors)")
+                  color="tab:red", lw=0.8, capsize=0, label="observatory / full sky (paired over realisations; where both > 2 standard errors)")
     ax_r.axhline(1.0, color="0.4", lw=0.8)
     ax_r.set_xscale("log")
     ax_r.set_yscale("log")

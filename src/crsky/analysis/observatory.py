@@ -493,6 +493,8 @@ def observatory_dataset(obs: ObservatorySpectra, ds_analysis, *, b0, gradient, f
     pcl_mean, pcl_err = est.mean_sem(obs.pcl)
     noise_pcl = obs.noise * obs.noise_transfer
     ell = np.arange(obs.cl_full.shape[1])
+    # paired per realisation: the two spectra of one sky share its fluctuations
+    ratio, ratio_err = est.ratio_sem((obs.pcl - noise_pcl) / obs.f_sky, obs.cl_full - obs.noise)
     pw = "1 (power of the dimensionless dI; scales as |g L_c|^2)"
     variables = {
         "cl_full": (("realisation", "ell"), obs.cl_full, {"long_name": "full-sky C_l of each realisation", "units": pw}),
@@ -503,6 +505,10 @@ def observatory_dataset(obs: ObservatorySpectra, ds_analysis, *, b0, gradient, f
         "pcl_hat": ("ell", (pcl_mean - noise_pcl) / obs.f_sky,
                     {"long_name": "observatory estimate (<pseudo-C_l> - N T_l) / f_sky", "units": pw}),
         "pcl_err": ("ell", pcl_err / obs.f_sky, {"long_name": "standard error of pcl_hat", "units": pw}),
+        "ratio": ("ell", ratio, {"long_name": "pcl_hat / cl_full_hat: what the band and filter do to each l",
+                                 "units": "1"}),
+        "ratio_err": ("ell", ratio_err, {"long_name": "standard error of ratio, paired over realisations "
+                                         "(delta method)", "units": "1"}),
         "noise_transfer": ("ell", obs.noise_transfer, {"long_name": "T_l: pseudo-C_l of unit white noise "
                                                        "through the band and filter", "units": "1"}),
         "rotation": (("i", "j"), obs.rotation, {"long_name": "rotation simulation frame -> ICRS (columns: the "
@@ -577,13 +583,13 @@ def format_observatory(ds_obs, fits: dict | None = None) -> str:
     lines = [f"observatory {a['band']} (dec {a['dec_min']:g}..{a['dec_max']:g} deg; {a['band_reference']}): "
              f"f_sky = {a['f_sky']:.3f}, m = 0 {'removed' if a['remove_m0'] else 'kept'}, angle(B0, gradient) = "
              f"{a['theta_deg']:.1f} deg, t Omega = {a['t_omega']:.4g}, {a['n_realisations']} realisations",
-             "  l   full-sky C_hat_l     observatory (pseudo-C_l - N T_l)/f_sky   ratio"]
+             "  l   full-sky C_hat_l     observatory (pseudo-C_l - N T_l)/f_sky   ratio (paired error)"]
     full, obs = ds_obs["cl_full_hat"].values, ds_obs["pcl_hat"].values
     full_err, obs_err = ds_obs["cl_full_err"].values, ds_obs["pcl_err"].values
+    ratio, ratio_err = ds_obs["ratio"].values, ds_obs["ratio_err"].values
     for ell in range(1, min(10, full.size - 1) + 1):
-        ratio = obs[ell] / full[ell] if full[ell] != 0 else float("nan")
         lines.append(f"  {ell:<3d} {full[ell]:10.3e} +- {full_err[ell]:8.2e}   {obs[ell]:10.3e} +- {obs_err[ell]:8.2e}"
-                     f"{'':18s}{ratio:6.3f}")
+                     f"{'':14s}{ratio[ell]:6.3f} +- {ratio_err[ell]:.3f}")
     for key, (fit, status) in fits.items():
         text = _bpl_text(fit.record()) if fit is not None else status
         lines.append(f"  broken power law, {key}: {text}")
