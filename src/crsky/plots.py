@@ -857,8 +857,8 @@ def _draw_observed(ax, obs_list) -> list:
     for i, obs in enumerate(obs_list):
         colour, marker = obs_colours[i % 5], markers[i % 5]
         pos = obs.cl > 0
-        lo = np.minimum(obs.error, obs.cl - 0.02 * obs.cl)
-        ax.errorbar(obs.ell[pos], obs.cl[pos], yerr=[lo[pos], obs.error[pos]], fmt=marker, ms=4.5,
+        lo = np.minimum(obs.sigma_low, obs.cl - 0.02 * obs.cl)  # asymmetric bars as given
+        ax.errorbar(obs.ell[pos], obs.cl[pos], yerr=[lo[pos], obs.sigma_high[pos]], fmt=marker, ms=4.5,
                     color=colour, mfc="white" if i else colour, capsize=0, lw=1.0, zorder=4)
         label = f"observed: {obs.label}"
         if np.any(~pos):
@@ -869,6 +869,10 @@ def _draw_observed(ax, obs_list) -> list:
             ax.step(obs.ell, obs.noise, where="mid", color=colour, ls=":", lw=1.2)
             handles.append(Line2D([], [], color=colour, ls=":", lw=1.2, label=f"noise level {obs.label}"))
     return handles
+
+
+#: Line style of every broken power law (dash-dot, unlike the dashed BGK curves).
+_BPL_DASHES = (0, (5, 1.5, 1, 1.5))
 
 
 def _draw_noise_levels(ax, obs_list, noise_levels) -> list:
@@ -882,7 +886,7 @@ def _draw_noise_levels(ax, obs_list, noise_levels) -> list:
         colour = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")[i % 5]
         ax.axhline(level, color=colour, ls="-.", lw=1.0, zorder=1)
         handles.append(Line2D([], [], color=colour, ls="-.", lw=1.0,
-                              label=f"noise $\\mathcal{{N}} = f_{{sky}} 4\\pi/N_{{CR}}$ = {level:.2g} ({obs.label})"))
+                              label=f"noise $\\mathcal{{N}} = f_{{sky}} 4\\pi/N_{{CR}}$\n= {level:.2g} ({obs.label})"))
     return handles
 
 
@@ -903,13 +907,13 @@ def _draw_observed_fits(ax, fits: dict) -> list:
         l_bgk = l_curve[l_curve >= b["ell_min"]]
         ax.plot(l_bgk, b["norm"] * ratio[l_bgk - 1], color=colour, ls="-", lw=1.8, zorder=3)
         handles.append(Line2D([], [], color=colour, ls="-", lw=1.8,
-                              label=f"BGK fit to {o['label']}: p = {b['p']:.2f} "
-                              f"[{b['p_lo']:.2f}, {b['p_hi']:.2f}],\n$\\chi^2$/dof = {b['chi2_dof']:.2g}"))
+                              label=f"BGK fit to {o['label']}:\np = {b['p']:.2f} "
+                              f"[{b['p_lo']:.2f}, {b['p_hi']:.2f}], $\\chi^2$/dof = {b['chi2_dof']:.2g}"))
         ax.plot(l_curve, broken_power_law(l_curve, bpl["amplitude"], bpl["ell_break"], bpl["slope_low"],
-                                          bpl["slope_high"]), color=colour, ls=(0, (4, 1.5)), lw=1.4, zorder=3)
-        handles.append(Line2D([], [], color=colour, ls=(0, (4, 1.5)), lw=1.4,
+                                          bpl["slope_high"]), color=colour, ls=_BPL_DASHES, lw=1.4, zorder=3)
+        handles.append(Line2D([], [], color=colour, ls=_BPL_DASHES, lw=1.4,
                               label=f"broken power law fit to {o['label']}:\n$\\ell_b$ = {bpl['ell_break']:.2g}, "
-                              f"slopes {bpl['slope_low']:.2g} / {bpl['slope_high']:.2g}, "
+                              f"slopes {bpl['slope_low']:.2g} / {bpl['slope_high']:.2g},\n"
                               f"$\\chi^2$/dof = {bpl['chi2_dof']:.2g}"))
     return handles
 
@@ -951,8 +955,8 @@ def _draw_simulated(ax, ds, k: int, ref, fits=None) -> list:
             l_fit = np.unique(np.geomspace(sim_fit["ell_min"], sim_fit["ell_max"], 200).round().astype(int))
             ax.plot(l_fit, amp * broken_power_law(l_fit, sim_fit["amplitude"], sim_fit["ell_break"],
                                                   sim_fit["slope_low"], sim_fit["slope_high"]),
-                    color=colour, ls=(0, (4, 1.5)), lw=1.1, zorder=3)
-            handles.append(Line2D([], [], color=colour, ls=(0, (4, 1.5)), lw=1.1,
+                    color=colour, ls=_BPL_DASHES, lw=1.1, zorder=3)
+            handles.append(Line2D([], [], color=colour, ls=_BPL_DASHES, lw=1.1,
                                   label=f"broken power law fit, {short}:\n$\\ell_b$ = {sim_fit['ell_break']:.2g}, "
                                   f"slopes {sim_fit['slope_low']:.2g} / {sim_fit['slope_high']:.2g}"))
     return handles
