@@ -51,6 +51,7 @@ Units: every power is dimensionless (the relative intensity ``dI`` of a gradient
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -278,13 +279,18 @@ def equatorial_alm(dI_momentum, rotation, lmax: int | None = None) -> np.ndarray
     return alm
 
 
+@functools.lru_cache(maxsize=16)
 def band_mask(nside: int, band: DeclinationBand) -> np.ndarray:
-    """Boolean HEALPix map (RING, equatorial): pixel centres with ``dec_min <= dec <= dec_max``."""
+    """Boolean HEALPix map (RING, equatorial): pixel centres with ``dec_min <= dec <= dec_max``.
+
+    Cached (the same band is applied to every realisation): do not modify the result.
+    """
     theta, _ = hp.pix2ang(nside, np.arange(hp.nside2npix(nside)))
     dec = 90.0 - np.degrees(theta)
     return (dec >= band.dec_min) & (dec <= band.dec_max)
 
 
+@functools.lru_cache(maxsize=8)
 def _rings(nside: int) -> np.ndarray:
     """Ring index of every pixel (RING ordering: rings of constant declination)."""
     theta, _ = hp.pix2ang(nside, np.arange(hp.nside2npix(nside)))
