@@ -64,6 +64,7 @@ def run(tmp_path_factory):
 def test_every_figure_written(run):
     run_dir, paths, _ = run
     expected = {run_dir / "figures" / f"{stem}.{fmt}" for stem in EXPECTED for fmt in FORMATS}
+    expected.add(run_dir / "figures" / "observed_fit.json")  # the fits of the observed spectrum
     assert set(paths) == expected
     assert len(paths) == len(expected)
     assert (run_dir / "analysis.nc").is_file() and (run_dir / "summary.json").is_file()

@@ -67,6 +67,7 @@ __all__ = [
     "bgk_ratio",
     "bgk_spectrum",
     "fit_p",
+    "sided_weights",
     "forward_matrix",
     "forward_residual",
     "solve_forward",
@@ -613,11 +614,12 @@ def _finite_1d(name: str, a) -> np.ndarray:
     return arr
 
 
-def _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model):
+def _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model, ratio_err_high=None):
     """Validate the input of :func:`fit_p` and select the points it fits.
 
-    Returns ``(L, R, S, n_par, model)``: the multipoles used, their ratios and errors
-    (in the order given), the number of fitted parameters and the checked model.
+    Returns ``(L, R, S, S_high, n_par, model)``: the multipoles used, their ratios and
+    errors (in the order given; ``S_high`` is None for symmetric errors), the number of
+    fitted parameters and the checked model.
     """
     try:
         ell_f = np.asarray(ell, dtype=float)
@@ -639,6 +641,14 @@ def _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model):
         raise InputError(f"ratio must have the shape of ell {ell_i.shape}, got {r.shape}")
     if s.shape != ell_i.shape:
         raise InputError(f"ratio_err must have the shape of ell {ell_i.shape}, got {s.shape}")
+    s_high = None
+    if ratio_err_high is not None:
+        try:
+            s_high = np.asarray(ratio_err_high, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError("ratio_err_high must be a 1-D array of real numbers") from None
+        if s_high.shape != ell_i.shape:
+            raise InputError(f"ratio_err_high must have the shape of ell {ell_i.shape}, got {s_high.shape}")
     lmin = _check_int("lmin", lmin, 1, LMAX_CLOSED_FORM)
     if lmax is not None:
         lmax = _check_int("lmax", lmax, lmin, LMAX_CLOSED_FORM)
@@ -665,7 +675,68 @@ def _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model):
         raise InputError("ratio must be finite at the multipoles used in the fit")
     if not np.all(np.isfinite(S)) or np.any(S <= 0):
         raise InputError("ratio_err must be finite and > 0 at the multipoles used in the fit")
-    return L, R, S, n_par, model
+    S_high = None
+    if s_high is not None:
+        S_high = s_high[use]
+        if not np.all(np.isfinite(S_high)) or np.any(S_high <= 0):
+            raise InputError("ratio_err_high must be finite and > 0 at the multipoles used in the fit")
+    return L, R, S, S_high, n_par, model
+
+
+def sided_weights(model, data, err_low, err_high) -> np.ndarray:
+    """``1 / sigma^2`` with the error on the side of the model: ``err_high`` where the
+    model lies above the data, ``err_low`` where it lies at or below.
+
+    This is the usual treatment of asymmetric (Poisson-like) error bars in a least-squares
+    fit: the residual is measured in units of the half of the error bar that points
+    towards the model. ``chi2`` stays continuous (the switch happens where the residual
+    is zero) and is the Gaussian ``chi2`` when ``err_low = err_high``. Arrays broadcast.
+    """
+    return np.where(model > data, 1.0 / np.asarray(err_high) ** 2, 1.0 / np.asarray(err_low) ** 2)
+
+
+def _profile_norm_sided(m: np.ndarray, r: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray) -> np.ndarray:
+    """The normalisation ``A`` minimising ``sum_l w_l(A) (r_l - A m_l)^2`` for each row of ``m``.
+
+    ``w_l(A)`` is ``w_hi`` where ``A m_l > r_l`` (model above the data) and ``w_lo``
+    elsewhere (:func:`sided_weights`). With ``m > 0`` the point ``l`` changes side at
+    ``A = r_l / m_l``; between two such kinks the weights are fixed and the minimum is
+    the weighted mean. ``chi2(A)`` is convex with a continuous derivative, so exactly
+    one interval holds its own minimum: that one is returned (exact, no iteration).
+
+    Parameters
+    ----------
+    m : numpy.ndarray, shape (P, n)
+        Model shapes (> 0), one row per trial ``p``.
+    r : numpy.ndarray, shape (n,)
+        Data.
+    w_lo, w_hi : numpy.ndarray, shape (n,)
+        ``1 / err_low^2`` and ``1 / err_high^2``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (P,)
+    """
+    kinks = r[None, :] / m
+    order = np.argsort(kinks, axis=1)
+    ks = np.take_along_axis(kinks, order, axis=1)
+    ms = np.take_along_axis(m, order, axis=1)
+    rs = r[order]
+    wl, wh = w_lo[order], w_hi[order]
+    # region j (0..n): the j smallest kinks lie below A (those points have the model above the data)
+    zero = np.zeros((m.shape[0], 1))
+    num_hi = np.concatenate([zero, np.cumsum(wh * ms * rs, axis=1)], axis=1)
+    den_hi = np.concatenate([zero, np.cumsum(wh * ms * ms, axis=1)], axis=1)
+    num_lo = np.concatenate([np.cumsum((wl * ms * rs)[:, ::-1], axis=1)[:, ::-1], zero], axis=1)
+    den_lo = np.concatenate([np.cumsum((wl * ms * ms)[:, ::-1], axis=1)[:, ::-1], zero], axis=1)
+    amp = (num_hi + num_lo) / (den_hi + den_lo)
+    lower = np.concatenate([np.full((m.shape[0], 1), -np.inf), ks], axis=1)
+    upper = np.concatenate([ks, np.full((m.shape[0], 1), np.inf)], axis=1)
+    scale = np.maximum(np.abs(ks).max(axis=1, keepdims=True), np.finfo(float).tiny)
+    tol = 1e-12 * scale
+    inside = (amp >= lower - tol) & (amp <= upper + tol)
+    first = np.argmax(inside, axis=1)
+    return amp[np.arange(m.shape[0]), first]
 
 
 def _delta_chi2_interval(chi2, grid, cg, p_best: float, c_min: float) -> tuple[float, float, bool]:
@@ -712,6 +783,7 @@ def fit_p(
     mask=None,
     free_norm: bool = True,
     model: str = "4.7",
+    ratio_err_high=None,
 ) -> BGKFit:
     r"""Fit the BGK exponent ``p`` to a measured ``C_hat_l / C_hat_1``.
 
@@ -759,6 +831,12 @@ def fit_p(
         Fit a free normalisation ``A`` (default True).
     model : {"4.7", "4.6"}, optional
         BGK relation used for ``R_l(p)`` (default the paper's eq. 4.7).
+    ratio_err_high : array_like, optional
+        Asymmetric errors: ``ratio_err`` is then the error below the data point and
+        ``ratio_err_high`` the one above it (> 0 where used); each residual is divided
+        by the error on the side of the model (:func:`sided_weights`) and a free
+        normalisation is profiled exactly (:func:`_profile_norm_sided`). Default: the
+        errors are symmetric, ``ratio_err``.
 
     Returns
     -------
@@ -771,15 +849,23 @@ def fit_p(
         values or non-positive errors among the used points) or fewer used points than
         ``n_params + 1``.
     """
-    L, R, S, n_par, model = _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model)
+    L, R, S, S_high, n_par, model = _fit_points(ell, ratio, ratio_err, lmin, lmax, mask, free_norm, model,
+                                                ratio_err_high)
     order = np.argsort(L)
     L, R, S = L[order], R[order], S[order]
     w = 1.0 / S**2
     idx = L - 1
     lbig = int(L[-1])
+    S_high = None if S_high is None else S_high[order]
+    w_high = None if S_high is None else 1.0 / S_high**2
 
     def chi2_many(pp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = _ratio(pp, lbig, model)[:, idx]
+        if w_high is not None:
+            amp = _profile_norm_sided(m, R, w, w_high) if free_norm else np.ones(pp.size)
+            model_values = amp[:, None] * m
+            w_side = sided_weights(model_values, R, S, S_high)
+            return (w_side * (R - model_values) ** 2).sum(axis=1), amp
         if free_norm:
             amp = (m * (w * R)).sum(axis=1) / (m * (w * m)).sum(axis=1)
         else:

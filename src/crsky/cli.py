@@ -254,14 +254,72 @@ def _cmd_plot(args) -> int:
     from .analysis import SUMMARY_FILE, read_summary
     from .plots import make_figures
 
+    noise = _observed_noise(args)
+    fit = args.observed is not None and not args.no_fit
     with store.lock(exclusive=False, clean=True):  # no run may write while the figures are drawn
-        paths = make_figures(args.run_dir, observed=args.observed)  # refuses without a current analysis
+        paths = make_figures(args.run_dir, observed=args.observed, observed_noise=noise,
+                             fit_observed=fit)  # refuses without a current analysis
         _, regenerated = read_summary(args.run_dir)
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
               "remade it from analysis.nc", file=sys.stderr)
     _print_figures("crsky plot", paths, args.run_dir)
+    if fit:
+        from pathlib import Path
+
+        from .observed import FIT_FILE, format_comparison
+
+        fit_path = next(p for p in paths if Path(p).name == FIT_FILE)
+        print(format_comparison(json.loads(Path(fit_path).read_text())))
     return 0
+
+
+def _observed_noise(args):
+    """``N = f_sky 4 pi / N_CR`` from ``--n-cr`` and ``--f-sky`` (both or neither), or None."""
+    from .observed import noise_level
+
+    given = [name for name, value in (("--n-cr", args.n_cr), ("--f-sky", args.f_sky)) if value is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        raise UsageError(f"{given[0]} needs {'--f-sky' if given[0] == '--n-cr' else '--n-cr'} as well: the noise "
+                         "level is N = f_sky 4 pi / N_CR")
+    if args.observed is None:
+        raise UsageError("--n-cr and --f-sky are the noise level of an observed spectrum: give --observed FILE.csv")
+    return noise_level(args.n_cr, args.f_sky)
+
+
+def _cmd_observe(args) -> int:
+    from .analysis.observatory import resolve_band, sky_direction
+    from .store import RunStore
+
+    band = resolve_band(args.band)  # bad input first, before the heavy work
+    b0 = _angles(args.b0, "--b0")
+    gradient = _angles(args.gradient, "--gradient")
+    sky_direction(b0, args.frame, "--b0")
+    sky_direction(gradient, args.frame, "--gradient")
+    store = RunStore.existing(args.run_dir)
+    from .analysis.observatory import run_observatory
+
+    with store.lock(exclusive=False, clean=True):
+        paths, text = run_observatory(args.run_dir, b0, gradient, band, frame=args.frame,
+                                      remove_m0=not args.keep_m0, progress=not args.quiet)
+    print(text)
+    print(f"crsky observe: wrote {len(paths)} files")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def _angles(text: str, option: str) -> tuple[float, ...]:
+    """``LON,LAT`` (degrees) or ``X,Y,Z`` of a direction option."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected LON,LAT in degrees or X,Y,Z") from None
+    if len(values) not in (2, 3):
+        raise UsageError(f"{option} {text!r}: expected LON,LAT in degrees or X,Y,Z")
+    return values
 
 
 def _print_figures(prog: str, paths, run_dir) -> None:
@@ -426,8 +484,41 @@ def _add_plot_command(sub) -> None:
                           "`crsky analyze RUN_DIR` first).")
     plot.add_argument("run_dir", help="run directory written by crsky run")
     plot.add_argument("--observed", metavar="FILE.csv",
-                      help="measured spectrum to overlay: columns ell, C_ell, error[, noise]")
+                      help="measured spectrum to overlay and fit (BGK eq. 4.7 with free normalisation and a "
+                      "broken power law, also fitted to the simulation; results printed and stored in "
+                      "figures/observed_fit.json): columns ell, C_ell, error or error_low,error_high[, noise] "
+                      "(docs/observatories.md)")
+    plot.add_argument("--n-cr", type=float, metavar="N_CR",
+                      help="number of events of the observed spectrum: with --f-sky, its noise level "
+                      "N = f_sky 4 pi / N_CR is drawn and only multipoles with C_ell > N are fitted")
+    plot.add_argument("--f-sky", type=float, metavar="F",
+                      help="effective sky fraction in (0, 1] holding the N_CR events (with --n-cr)")
+    plot.add_argument("--no-fit", action="store_true",
+                      help="draw the observed spectrum without fitting it (no errors needed)")
     plot.set_defaults(func=_cmd_plot)
+
+
+def _add_observe_command(sub) -> None:
+    observe = sub.add_parser(
+        "observe", help="the sky as a ground-based observatory reports it: pseudo-C_l of a declination band",
+        description="Orient the simulated sky on the celestial sphere (B0 and the gradient), keep a declination "
+        "band, remove the m = 0 modes in equatorial coordinates and compute the pseudo-C_l of every "
+        "realisation at the last snapshot (docs/observatories.md). Writes RUN_DIR/observatory/BAND.nc and "
+        "RUN_DIR/figures/observatory_BAND.png/.pdf (full-sky C_l against the observatory's).")
+    observe.add_argument("run_dir", help="run directory with its current analysis")
+    observe.add_argument("--b0", required=True, metavar="LON,LAT",
+                         help="direction of the regular field B0 (degrees; or X,Y,Z) in --frame")
+    observe.add_argument("--gradient", required=True, metavar="LON,LAT",
+                         help="direction of the cosmic-ray gradient grad n / n (degrees; or X,Y,Z) in --frame")
+    observe.add_argument("--frame", choices=["galactic", "icrs"], default="galactic",
+                         help="frame of --b0 and --gradient: galactic (l, b; default) or icrs (ra, dec)")
+    observe.add_argument("--band", default="combined", metavar="BAND",
+                         help="declination band: icecube (-90..-20), hawc (-30..64), combined (-90..64; default) or "
+                         "DECMIN,DECMAX in degrees (write --band=-90,-30 when DECMIN is negative)")
+    observe.add_argument("--keep-m0", action="store_true",
+                         help="keep the m = 0 modes (default: removed, as ground-based detectors cannot measure them)")
+    observe.add_argument("--quiet", action="store_true", help="no progress bar")
+    observe.set_defaults(func=_cmd_observe)
 
 
 def _add_reproduce_command(sub) -> None:
@@ -506,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_command(sub)
     _add_analyze_command(sub)
     _add_plot_command(sub)
+    _add_observe_command(sub)
     _add_reproduce_command(sub)
     _add_scan_command(sub)
     _add_bgk_command(sub)

@@ -73,6 +73,7 @@ from .analysis.dataset import load_current_analysis, nearest_log_indices, select
 from .analysis.estimators import STEADY_LMAX, STEADY_NSIGMA, p_interval_text
 from .analysis.sky import arrival_direction_map
 from .errors import InputError
+from .observed import FIT_FILE as _FIT_FILE
 from .store import atomic_write_bytes
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "plot_gyrotropy",
     "plot_angle_dependence",
     "plot_observed",
+    "plot_observatory",
     "arrival_map",
     "save_figure",
 ]
@@ -1033,8 +1035,8 @@ def _draw_observed(ax, obs_list) -> list:
     for i, obs in enumerate(obs_list):
         colour, marker = obs_colours[i % 5], markers[i % 5]
         pos = obs.cl > 0
-        lo = np.minimum(obs.error, obs.cl - 0.02 * obs.cl)
-        ax.errorbar(obs.ell[pos], obs.cl[pos], yerr=[lo[pos], obs.error[pos]], fmt=marker, ms=4.5,
+        lo = np.minimum(obs.sigma_low, obs.cl - 0.02 * obs.cl)  # asymmetric bars as given
+        ax.errorbar(obs.ell[pos], obs.cl[pos], yerr=[lo[pos], obs.sigma_high[pos]], fmt=marker, ms=4.5,
                     color=colour, mfc="white" if i else colour, capsize=0, lw=1.0, zorder=4)
         label = f"observed: {obs.label}"
         if np.any(~pos):
@@ -1047,8 +1049,56 @@ def _draw_observed(ax, obs_list) -> list:
     return handles
 
 
-def _draw_simulated(ax, ds, k: int, ref) -> list:
-    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``; the handles."""
+#: Line style of every broken power law (dash-dot, unlike the dashed BGK curves).
+_BPL_DASHES = (0, (5, 1.5, 1, 1.5))
+
+
+def _draw_noise_levels(ax, obs_list, noise_levels) -> list:
+    """A horizontal line at each given noise level ``N = f_sky 4 pi / N_CR``; the handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for i, (obs, level) in enumerate(zip(obs_list, noise_levels or [])):
+        if level is None:
+            continue
+        colour = ("black", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")[i % 5]
+        ax.axhline(level, color=colour, ls="-.", lw=1.0, zorder=1)
+        handles.append(Line2D([], [], color=colour, ls="-.", lw=1.0,
+                              label=f"noise $\\mathcal{{N}} = f_{{sky}} 4\\pi/N_{{CR}}$\n= {level:.2g} ({obs.label})"))
+    return handles
+
+
+def _draw_observed_fits(ax, fits: dict) -> list:
+    """The BGK and broken-power-law fits to each observed spectrum (absolute); the handles."""
+    from matplotlib.lines import Line2D
+
+    from .bgk import bgk_ratio
+    from .observed import broken_power_law
+
+    handles = []
+    for i, o in enumerate(fits["observed"]):
+        b, bpl = o["bgk"], o["broken_power_law"]
+        lo, hi = min(b["ell_min"], bpl["ell_min"]), max(b["ell_max"], bpl["ell_max"])
+        l_curve = np.unique(np.geomspace(lo, hi, 200).round().astype(int))
+        colour = ("darkorange", "goldenrod", "peru", "khaki", "gold")[i % 5]
+        ratio = bgk_ratio(min(max(b["p"], 1e-9), 1.0 - 1e-9), hi)
+        l_bgk = l_curve[l_curve >= b["ell_min"]]
+        ax.plot(l_bgk, b["norm"] * ratio[l_bgk - 1], color=colour, ls="-", lw=1.8, zorder=3)
+        handles.append(Line2D([], [], color=colour, ls="-", lw=1.8,
+                              label=f"BGK fit to {o['label']}:\np = {b['p']:.2f} "
+                              f"[{b['p_lo']:.2f}, {b['p_hi']:.2f}], $\\chi^2$/dof = {b['chi2_dof']:.2g}"))
+        ax.plot(l_curve, broken_power_law(l_curve, bpl["amplitude"], bpl["ell_break"], bpl["slope_low"],
+                                          bpl["slope_high"]), color=colour, ls=_BPL_DASHES, lw=1.4, zorder=3)
+        handles.append(Line2D([], [], color=colour, ls=_BPL_DASHES, lw=1.4,
+                              label=f"broken power law fit to {o['label']}:\n$\\ell_b$ = {bpl['ell_break']:.2g}, "
+                              f"slopes {bpl['slope_low']:.2g} / {bpl['slope_high']:.2g},\n"
+                              f"$\\chi^2$/dof = {bpl['chi2_dof']:.2g}"))
+    return handles
+
+
+def _draw_simulated(ax, ds, k: int, ref, fits=None) -> list:
+    """Simulated ``C_hat_l`` of every gradient at snapshot ``k``, scaled to ``ref``, and the
+    broken power law fitted to it (from ``fits``, scaled alike); the handles."""
     from matplotlib.lines import Line2D
 
     t = np.asarray(ds["t_omega"].values, dtype=float)
@@ -1075,6 +1125,18 @@ def _draw_simulated(ax, ds, k: int, ref) -> list:
         handles.append(Line2D([], [], color=colour, marker="s", ms=3.5, ls="-", lw=0.8,
                               label=f"simulated $\\hat C_\\ell$, {short}\n"
                               f"$t\\Omega$ = {t[k]:.3g}, $\\times$ A = {amp:.2g}"))
+        sim_fit = next((s["broken_power_law"] for s in (fits or {}).get("simulation", []) if s["gradient"] == name),
+                       None)
+        if sim_fit:
+            from .observed import broken_power_law
+
+            l_fit = np.unique(np.geomspace(sim_fit["ell_min"], sim_fit["ell_max"], 200).round().astype(int))
+            ax.plot(l_fit, amp * broken_power_law(l_fit, sim_fit["amplitude"], sim_fit["ell_break"],
+                                                  sim_fit["slope_low"], sim_fit["slope_high"]),
+                    color=colour, ls=_BPL_DASHES, lw=1.1, zorder=3)
+            handles.append(Line2D([], [], color=colour, ls=_BPL_DASHES, lw=1.1,
+                                  label=f"broken power law fit, {short}:\n$\\ell_b$ = {sim_fit['ell_break']:.2g}, "
+                                  f"slopes {sim_fit['slope_low']:.2g} / {sim_fit['slope_high']:.2g}"))
     return handles
 
 
@@ -1112,7 +1174,7 @@ def _no_positive_power(ax, obs_list) -> None:
             transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
 
 
-def plot_observed(ds, observed, time=None):
+def plot_observed(ds, observed, time=None, fits=None, noise_levels=None):
     """Measured spectra (absolute ``C_l``, as the paper's Fig. 1) with scaled simulation and BGK.
 
     The simulated power is that of ``|grad n / n| = 1 / L_c`` and a toy ``r_L / L_c``;
@@ -1132,6 +1194,14 @@ def plot_observed(ds, observed, time=None):
         From :func:`crsky.observed.read_observed`.
     time : int, optional
         Snapshot index of the simulated spectrum; default the last.
+    fits : dict, optional
+        :func:`crsky.observed.comparison_record` of the same spectra and snapshot: adds
+        the BGK and broken-power-law fits to each observed spectrum (absolute, as
+        fitted) and the broken power law fitted to each simulated spectrum (scaled by
+        that spectrum's ``A``).
+    noise_levels : sequence of float or None, optional
+        The noise level ``N = f_sky 4 pi / N_CR`` of each observed spectrum
+        (:func:`crsky.observed.noise_level`), drawn as a horizontal line.
 
     Returns
     -------
@@ -1151,8 +1221,11 @@ def plot_observed(ds, observed, time=None):
     ax = fig.add_axes([0.095, 0.11, 0.56, 0.77])
     ref = obs_list[0]
     handles = _draw_observed(ax, obs_list)
-    handles += _draw_simulated(ax, ds, k, ref)
+    handles += _draw_noise_levels(ax, obs_list, noise_levels)
+    handles += _draw_simulated(ax, ds, k, ref, fits)
     handles += _draw_scaled_bgk(ax, ds, ref, lmax_all)
+    if fits is not None:
+        handles += _draw_observed_fits(ax, fits)
     ax.set_xscale("log")
     if not any(np.any(o.cl > 0) for o in obs_list):
         _no_positive_power(ax, obs_list)
@@ -1176,7 +1249,8 @@ def plot_observed(ds, observed, time=None):
 # ---------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------
-def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path]:
+def make_figures(run_dir, observed=None, *, formats=("png", "pdf"), observed_noise=None,
+                 fit_observed: bool = True) -> list[Path]:
     """Write all figures of a run to ``RUN_DIR/figures/`` (PNG and PDF by default).
 
     Parameters
@@ -1189,13 +1263,24 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         ``observed_comparison``. Read and validated before anything is written.
     formats : sequence of str
         Matplotlib output formats.
+    observed_noise : float or sequence of (float or None), optional
+        Noise level ``N = f_sky 4 pi / N_CR`` of each observed spectrum
+        (:func:`crsky.observed.noise_level`; one value applies to all): drawn, and the
+        fits use the multipoles above it (else the file's ``noise`` column, if any).
+    fit_observed : bool, optional
+        Fit the observed spectra (:func:`crsky.observed.fit_observed`, default True):
+        the fits are drawn and stored in ``figures/observed_fit.json`` (written
+        atomically; ``analysis.nc`` is not touched). Bad input for a fit (an error
+        ``<= 0`` among the multipoles used, too few multipoles) stops before anything is
+        written.
 
     Returns
     -------
     list of pathlib.Path
         Every file written: ``fig2_spectrum_evolution``, ``fig3_spectrum_shape``,
         ``skymaps_<gradient>`` (``parallel`` when analysed), ``diffusion_coefficients``
-        and, with ``observed``, ``observed_comparison``, each in every format. The
+        and, with ``observed``, ``observed_comparison``, each in every format, and
+        ``observed_fit.json`` when fitted. The
         figure set is replaced: files of the stems crsky writes (:data:`FIGURE_STEMS`,
         ``skymaps_*``) in PNG, PDF or ``formats`` that this call did not write (an
         ``observed_comparison`` of an earlier ``--observed`` call) are removed, after the
@@ -1211,12 +1296,19 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         No current analysis of the run (missing, of an older crsky, of other
         realisations or another configuration): run ``crsky analyze RUN_DIR`` first.
     """
-    from .observed import ObservedSpectrum, read_observed
+    from . import observed as obs_mod
 
-    obs_list = None
+    obs_list = fits = noise_levels = None
     if observed is not None:
-        items = [observed] if isinstance(observed, (str, os.PathLike, ObservedSpectrum)) else list(observed)
-        obs_list = [o if isinstance(o, ObservedSpectrum) else read_observed(o) for o in items]
+        items = [observed] if isinstance(observed, (str, os.PathLike, obs_mod.ObservedSpectrum)) else list(observed)
+        obs_list = [o if isinstance(o, obs_mod.ObservedSpectrum) else obs_mod.read_observed(o) for o in items]
+        noise_levels = ([observed_noise] * len(obs_list) if observed_noise is None or np.ndim(observed_noise) == 0
+                        else list(observed_noise))
+        if len(noise_levels) != len(obs_list):
+            raise InputError(f"{len(noise_levels)} noise levels for {len(obs_list)} observed spectra")
+        if fit_observed:  # bad input for a fit stops here, before any file is written
+            fits = [obs_mod.fit_observed(o, noise=n, noise_source=None if n is None else "f_sky 4 pi / N_CR")
+                    for o, n in zip(obs_list, noise_levels)]
     _use_agg()
     ds = load_current_analysis(run_dir)
     out_dir = Path(run_dir) / FIGURES_DIR
@@ -1238,7 +1330,12 @@ def make_figures(run_dir, observed=None, *, formats=("png", "pdf")) -> list[Path
         emit(plot_gyrotropy(ds), "gyrotropy")
         emit(plot_angle_dependence(ds), "angle_dependence")
         if obs_list:
-            emit(plot_observed(ds, obs_list), "observed_comparison")
+            record = None if fits is None else obs_mod.comparison_record(ds, fits)
+            emit(plot_observed(ds, obs_list, fits=record, noise_levels=noise_levels), "observed_comparison")
+            if record is not None:
+                fit_path = out_dir / obs_mod.FIT_FILE
+                atomic_write_bytes(fit_path, (json.dumps(record, indent=1) + "\n").encode())
+                written.append(fit_path)
     _remove_stale(out_dir, written, formats)
     return written
 
@@ -1250,8 +1347,9 @@ def _remove_stale(out_dir: Path, written, formats) -> list[Path]:
     removed = []
     for path in sorted(out_dir.iterdir()):
         stem, suffix = path.stem, path.suffix
-        owned = stem in FIGURE_STEMS or stem.startswith(_SKYMAP_PREFIX)
-        if owned and suffix in suffixes and path.name not in keep and path.is_file():
+        owned = (stem in FIGURE_STEMS or stem.startswith(_SKYMAP_PREFIX)) and suffix in suffixes
+        owned = owned or path.name == _FIT_FILE  # the fits of an earlier --observed call
+        if owned and path.name not in keep and path.is_file():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             removed.append(path)
@@ -1262,3 +1360,84 @@ def _remove_stale(out_dir: Path, written, formats) -> list[Path]:
 def _quiet_numpy():
     with np.errstate(invalid="ignore", divide="ignore"):
         yield
+
+
+# ---------------------------------------------------------------------------------
+# The observatory forward model
+# ---------------------------------------------------------------------------------
+def plot_observatory(ds_obs, fits: dict | None = None):
+    """Full-sky ``C_hat_l`` against the observatory's pseudo-``C_l`` of the same realisations.
+
+    Top: the full-sky estimate ``<C_l> - N`` and the observatory's ``(<C~_l> - N T_l) /
+    f_sky`` (:mod:`crsky.analysis.observatory`) with their standard errors, the noise
+    levels ``N`` and ``N T_l / f_sky``, and the broken power laws fitted to both
+    (``fits`` as returned by ``observatory._shape_fits``). Bottom: their ratio per ``l``
+    (error paired over realisations), what the band and the lost ``m = 0`` modes do to
+    each multipole.
+
+    Parameters
+    ----------
+    ds_obs : xarray.Dataset
+        :func:`crsky.analysis.observatory.observatory_dataset`.
+    fits : dict, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    a = ds_obs.attrs
+    ell = np.asarray(ds_obs["ell"].values)[1:]
+    full, full_err = ds_obs["cl_full_hat"].values[1:], ds_obs["cl_full_err"].values[1:]
+    obs, obs_err = ds_obs["pcl_hat"].values[1:], ds_obs["pcl_err"].values[1:]
+    fig = _new_figure(8.0, 7.0)
+    ax = fig.add_axes([0.11, 0.36, 0.85, 0.52])
+    ax_r = fig.add_axes([0.11, 0.08, 0.85, 0.2], sharex=ax)
+    m0 = "m = 0 removed" if a["remove_m0"] else "m = 0 kept"
+    for values, err, colour, marker, shift, label in (
+            (full, full_err, "tab:blue", "o", 1.0, r"full sky $\langle C_\ell\rangle - \mathcal{N}$"),
+            (obs, obs_err, "tab:red", "s", 1.04, f"observatory {a['band']} ({m0}):\n"
+             r"$(\langle \tilde C_\ell\rangle - \mathcal{N} T_\ell) / f_{sky}$, " f"$f_{{sky}}$ = {a['f_sky']:.2f}")):
+        pos = values > 0
+        ax.errorbar(ell[pos] * shift, values[pos], yerr=err[pos], fmt=marker, ms=3.5, color=colour, lw=0.9,
+                    capsize=0, label=label)
+    ax.axhline(a["noise"], color="tab:blue", ls=":", lw=1.2, label=r"shot noise $\mathcal{N}$ (full sky)")
+    ax.step(ell, a["noise"] * ds_obs["noise_transfer"].values[1:] / a["f_sky"], where="mid", color="tab:red",
+            ls=":", lw=1.2, label=r"observatory noise $\mathcal{N} T_\ell / f_{sky}$")
+    from .observed import broken_power_law
+
+    for key, colour in (("full sky", "tab:blue"), ("observatory", "tab:red")):
+        fit = (fits or {}).get(key, (None, ""))[0]
+        if fit is None:
+            continue
+        l_fit = np.geomspace(fit.ell_min, fit.ell_max, 200)
+        ax.plot(l_fit, broken_power_law(l_fit, fit.amplitude, fit.ell_break, fit.slope_low, fit.slope_high),
+                color=colour, ls="--", lw=1.0,
+                label=f"broken power law, {key}: slopes {fit.slope_low:.2g} / {fit.slope_high:.2g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _clip_bottom(ax, 4.0)
+    ax.set_ylabel(r"$C_\ell$ of $\delta I$ (gradient $1/L_c$)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower left", frameon=False)
+    ax.tick_params(labelbottom=False)
+    ratio, ratio_err = ds_obs["ratio"].values[1:], ds_obs["ratio_err"].values[1:]
+    # only where both estimates stand 2 standard errors above zero: elsewhere the ratio is noise
+    ok = np.isfinite(ratio) & (full > 2 * full_err) & (obs > 2 * obs_err)
+    ax_r.errorbar(ell[ok], ratio[ok], yerr=np.minimum(ratio_err[ok], 0.9 * ratio[ok]), fmt="s", ms=3,
+                  color="tab:red", lw=0.8, capsize=0, label="observatory / full sky (paired over realisations; where both > 2 standard errors)")
+    ax_r.axhline(1.0, color="0.4", lw=0.8)
+    ax_r.set_xscale("log")
+    ax_r.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax_r.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_r.yaxis.set_minor_formatter(NullFormatter())
+    ax_r.set_xlabel(r"multipole $\ell$")
+    ax_r.set_ylabel("ratio")
+    ax_r.grid(True, which="major", alpha=0.3)
+    ax_r.legend(fontsize=7.5, loc="lower right", frameon=False)
+    fig.suptitle("The simulated sky as a ground-based observatory reports it", fontsize=11, y=0.985)
+    fig.text(0.5, 0.935, f"band {a['band']}: dec {a['dec_min']:g}..{a['dec_max']:g} deg, angle(B0, gradient) = "
+             f"{a['theta_deg']:.1f} deg, t$\\Omega$ = {a['t_omega']:.4g}, {a['n_realisations']} realisations; "
+             f"B0 {a['frame']} {a['b0']}, gradient {a['gradient']}", ha="center", fontsize=8, color="0.3")
+    return fig
