@@ -28,3 +28,19 @@ def same_build_env():
     else:
         env["NUMBA_CPU_FEATURES"] = numba.config.CPU_FEATURES
     return env
+
+
+@pytest.fixture(scope="module")
+def analysed_run(tmp_path_factory):
+    """A tiny real run (3 realisations, nside 4, 8 modes, t Omega to 20) with its analysis."""
+    from crsky.analysis import analyze
+    from crsky.config import resolve_config
+    from crsky.ensemble import run_ensemble
+
+    tmp = tmp_path_factory.mktemp("analysed")
+    cfg = resolve_config({"turbulence": {"n_modes": 8}, "particles": {"nside": 4},
+                          "integration": {"t_max": 20.0, "n_snapshots": 4, "dt": 0.05},
+                          "ensemble": {"realisations": 3}})
+    run_ensemble(cfg, tmp / "run", backend="cpu", progress=False)
+    analyze(tmp / "run")
+    return tmp / "run"

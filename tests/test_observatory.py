@@ -112,6 +112,16 @@ def test_bad_bands(band, message):
         obs.resolve_band(band)
 
 
+@pytest.mark.parametrize("frame", ["galactic", "icrs"])
+def test_cartesian_direction_is_the_same_direction_as_lon_lat(frame):
+    """X,Y,Z in the frame (any length) and LON,LAT of that vector give one ICRS unit vector;
+    the galactic frame's Cartesian axes point to (l, b) = (0, 0), (90, 0) and the pole."""
+    lon, lat = np.radians([34.7, 56.6])
+    xyz = 2.5 * np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+    np.testing.assert_allclose(obs.sky_direction(xyz, frame), obs.sky_direction((34.7, 56.6), frame), atol=1e-12)
+    np.testing.assert_allclose(obs.sky_direction((0, 0, 1), frame), obs.sky_direction((0.0, 90.0), frame), atol=1e-12)
+
+
 def test_bad_directions():
     with pytest.raises(InputError, match="zero length"):
         obs.sky_direction((0, 0, 0), "galactic", "B0")
@@ -123,20 +133,6 @@ def test_bad_directions():
 
 
 # -- a real (tiny) run ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def analysed_run(tmp_path_factory):
-    from crsky.analysis import analyze
-    from crsky.config import resolve_config
-    from crsky.ensemble import run_ensemble
-
-    tmp = tmp_path_factory.mktemp("observatory")
-    cfg = resolve_config({"turbulence": {"n_modes": 8}, "particles": {"nside": 4},
-                          "integration": {"t_max": 20.0, "n_snapshots": 4, "dt": 0.05},
-                          "ensemble": {"realisations": 3}})
-    run_ensemble(cfg, tmp / "run", backend="cpu", progress=False)
-    analyze(tmp / "run")
-    return tmp / "run"
-
 
 def test_full_sky_observatory_of_a_run_is_the_analysis(analysed_run):
     """B0 and the gradient in one direction (the analysis' 'parallel'), the whole sky, m = 0

@@ -199,20 +199,6 @@ def test_noise_level_selects_the_multipoles_fitted():
 
 
 # -- the command line, real processes ---------------------------------------------------
-@pytest.fixture(scope="module")
-def analysed_run(tmp_path_factory):
-    from crsky.analysis import analyze
-    from crsky.config import resolve_config
-    from crsky.ensemble import run_ensemble
-
-    tmp = tmp_path_factory.mktemp("observed_fit")
-    cfg = resolve_config({"turbulence": {"n_modes": 8}, "particles": {"nside": 4},
-                          "integration": {"t_max": 20.0, "n_snapshots": 4, "dt": 0.05},
-                          "ensemble": {"realisations": 3}})
-    run_ensemble(cfg, tmp / "run", backend="cpu", progress=False)
-    analyze(tmp / "run")
-    return tmp / "run"
-
 
 def _crsky(*args):
     return subprocess.run([sys.executable, "-m", "crsky.cli", *map(str, args)], capture_output=True, text=True,

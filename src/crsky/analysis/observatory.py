@@ -174,7 +174,7 @@ def sky_direction(direction, frame: str = "galactic", what: str = "direction") -
         ``[-90, 90]``, an unknown frame.
     """
     from astropy import units as u
-    from astropy.coordinates import SkyCoord
+    from astropy.coordinates import CartesianRepresentation, SkyCoord
 
     if isinstance(direction, SkyCoord):
         coord = direction
@@ -189,19 +189,18 @@ def sky_direction(direction, frame: str = "galactic", what: str = "direction") -
             if not all(math.isfinite(v) for v in values) or not any(values):
                 raise InputError(f"{what} {','.join(f'{v:g}' for v in values)}: a direction of zero length "
                                  "or not finite (X,Y,Z must be finite, not all 0)")
-            coord = SkyCoord(x=values[0], y=values[1], z=values[2], representation_type="cartesian", frame=frame)
-            c = coord.icrs.cartesian
-            vec = np.array([c.x.value, c.y.value, c.z.value], dtype=np.float64)
-            return vec / np.linalg.norm(vec)
-        if len(values) != 2:
+            # a representation, not x=, y=, z= keywords: the galactic frame names its Cartesian axes u, v, w
+            coord = SkyCoord(CartesianRepresentation(*values), frame=frame)
+        elif len(values) != 2:
             raise InputError(f"{what} {direction!r}: expected LON,LAT in degrees or X,Y,Z")
-        lon, lat = values
-        if not (math.isfinite(lon) and math.isfinite(lat)):
-            raise InputError(f"{what} {direction!r}: angles must be finite (degrees)")
-        if not -90.0 <= lat <= 90.0:
-            raise InputError(f"{what} {lon:g},{lat:g}: latitude must be in [-90, 90] degrees")
-        names = ("l", "b") if frame == "galactic" else ("ra", "dec")
-        coord = SkyCoord(**{names[0]: lon * u.deg, names[1]: lat * u.deg}, frame=frame)
+        else:
+            lon, lat = values
+            if not (math.isfinite(lon) and math.isfinite(lat)):
+                raise InputError(f"{what} {direction!r}: angles must be finite (degrees)")
+            if not -90.0 <= lat <= 90.0:
+                raise InputError(f"{what} {lon:g},{lat:g}: latitude must be in [-90, 90] degrees")
+            names = ("l", "b") if frame == "galactic" else ("ra", "dec")
+            coord = SkyCoord(**{names[0]: lon * u.deg, names[1]: lat * u.deg}, frame=frame)
     c = coord.icrs.cartesian
     vec = np.array([c.x.value, c.y.value, c.z.value], dtype=np.float64)
     return vec / np.linalg.norm(vec)
