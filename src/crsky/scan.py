@@ -368,7 +368,9 @@ def scan_dataset(out, plan: ScanPlan):
     """The scan Dataset: one entry per rigidity along the dimension ``rl``.
 
     Reads each sub-run's ``analysis.nc`` and manifest. Values at the last snapshot of
-    each run; errors are standard errors over realisations (docs/analysis.md).
+    each run; errors are standard errors over realisations (docs/analysis.md). The
+    function is long because it is the file's declaration: one entry per variable with
+    its CF attributes, read in one place.
 
     Returns
     -------
