@@ -102,9 +102,12 @@ def test_rerun_recomputes_nothing_and_the_kernels_compile_once(scanned, capsys):
     from crsky.backends import cpu_mixed
 
     out = scanned["out"]
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("rl_*/realisations/*.nc")}
+    pattern = ("rl_*/realisations/*.nc", "rl_*/analysis.nc", "rl_*/summary.json")
+    stamps = {p: p.stat().st_mtime_ns for g in pattern for p in out.glob(g)}
+    assert len(stamps) == 2 * 3 + 2 + 2
     assert main(["scan", str(scanned["config"]), "--out", str(out), "--quiet"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.glob("rl_*/realisations/*.nc")} == stamps
+    # neither the runs nor their (current) analyses are recomputed
+    assert {p: p.stat().st_mtime_ns for g in pattern for p in out.glob(g)} == stamps
     printed = capsys.readouterr().out
     assert "onset" in printed and "K_par" in printed
     # rl is a runtime argument of the kernels: the second rigidity ran the loop compiled for the first
@@ -171,6 +174,21 @@ def test_bad_scan_input_exit_2_one_line_nothing_written(tmp_path, particles, sca
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_sub_run_of_another_configuration_stops_the_scan_before_any_work(tmp_path):
+    """The conflict is at the second rigidity: the first is not computed either."""
+    config = _write(tmp_path, SCAN)
+    other = _write(tmp_path, BASE.replace("nside = 2", "nside = 2\nrl = 0.03").replace("dt = 0.1", "dt = 0.1\nt_max = 31"),
+                   "other.toml")
+    out = tmp_path / "out"
+    assert main(["run", str(other), "--out", str(out / "rl_0.03"), "--quiet"]) == 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    proc = _run_cli(["scan", str(config), "--out", str(out)], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rl_0.03" in lines[0] and "different configuration" in lines[0], proc.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # rl_0.1 not made
 
 
 def test_crsky_run_refuses_a_scan_config_with_a_pointer(tmp_path):

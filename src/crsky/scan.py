@@ -12,8 +12,9 @@ like ``crsky run`` resolves a file (``lambda_min = "auto"`` and ``n_modes = "aut
 follow the rigidity). Its run directory is ``SCAN_DIR/rl_<rl:g>/`` (``rl_0.1``,
 ``rl_0.003``): made, resumed, adopted, locked and verified by :func:`crsky.ensemble.run_ensemble`
 and :class:`crsky.store.RunStore` exactly as ``crsky run CONFIG --out SCAN_DIR/rl_<rl>``
-would, so a directory holding the same resolved configuration is not recomputed. Each
-sub-run is analysed (:func:`crsky.analysis.analyze`); then ``SCAN_DIR/scan.nc``
+would, so a directory holding the same resolved configuration is not recomputed; every
+existing sub-run directory is checked before any rigidity runs. Each sub-run is analysed
+(:func:`crsky.analysis.analyze`) unless its analysis is current; then ``SCAN_DIR/scan.nc``
 (:func:`scan_dataset`, an ``rl`` dimension) and the figures in ``SCAN_DIR/figures/``
 (:func:`write_scan_figures`) are written. Docs: docs/scan.md.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -232,6 +234,41 @@ def _check_scan_resources(plan: ScanPlan, out: Path, workers: int) -> None:
                           f"{len(plan.points)} runs, {_size(free)} free; scan fewer rigidities or choose another --out")
 
 
+def _check_sub_runs(plan: ScanPlan, out: Path) -> None:
+    """Every existing sub-run directory is the run of its rigidity (or empty): checked for
+    all rigidities before any is computed, so that a conflict found late does not stop a
+    scan half-way. The sub-runs' own checks (lock, manifest, files) still run when each starts."""
+    from .store import CONFIG, RunDirError, RunStore, _entries, config_difference
+
+    for point in plan.points:
+        sub = out / point.name
+        if not os.path.lexists(sub):
+            continue
+        if not sub.is_dir():
+            raise RunDirError(f"[{SCAN_TABLE}] {point.label}: {sub} exists and is not a directory; move it aside")
+        if not (sub / CONFIG).is_file():
+            if _entries(sub):
+                raise RunDirError(f"[{SCAN_TABLE}] {point.label}: {sub} is not empty and is not a crsky run "
+                                  "directory (no config.toml); move it aside or choose another --out")
+            continue
+        stored = RunStore(sub).config()
+        if stored.digest() != point.config.digest():
+            raise RunDirError(f"[{SCAN_TABLE}] {point.label}: {sub} holds a run of a different configuration "
+                              f"({config_difference(stored, point.config)}); choose another --out, or move that "
+                              "run aside")
+
+
+def _analyze_if_needed(sub: Path) -> None:
+    """Analyse a sub-run unless its analysis is current (same configuration and realisations)."""
+    from .analysis import analyze
+    from .analysis.dataset import AnalysisNotCurrentError, load_current_analysis
+
+    try:
+        load_current_analysis(sub).close()
+    except AnalysisNotCurrentError:
+        analyze(sub, progress=False)
+
+
 def run_scan(plan: ScanPlan | str | Path, out, *, preset: str = "quick", backend: str = "auto", workers: int = 1,
              scheduler: str | None = None, connect_timeout: float | None = None, progress: bool = True,
              figures: bool = True, log=None):
@@ -264,7 +301,6 @@ def run_scan(plan: ScanPlan | str | Path, out, *, preset: str = "quick", backend
     """
     from tqdm.auto import tqdm
 
-    from .analysis import analyze
     from .backends import resolve_backend
     from .config import estimate_cost
     from .ensemble import run_ensemble
@@ -275,7 +311,8 @@ def run_scan(plan: ScanPlan | str | Path, out, *, preset: str = "quick", backend
         plan = read_scan(plan, preset)
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(out)
-    _check_scan_resources(plan, out, 1 if scheduler else workers)  # nothing written before this passes
+    _check_scan_resources(plan, out, 1 if scheduler else workers)  # nothing written before these pass
+    _check_sub_runs(plan, out)
     timeout = CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
     bar = tqdm(plan.points, unit="rigidity", desc="crsky scan", disable=not progress, file=sys.stderr)
     for point in bar:
@@ -291,7 +328,7 @@ def run_scan(plan: ScanPlan | str | Path, out, *, preset: str = "quick", backend
             log(f"crsky scan: {point.name}: {estimate_cost(point.config, backend=resolved).describe(resolved)}")
             run_ensemble(point.config, sub, backend=backend, workers=workers, scheduler=scheduler,
                          progress=progress, connect_timeout=timeout)
-            analyze(sub, progress=False)
+            _analyze_if_needed(sub)
     bar.close()
     ds = scan_dataset(out, plan)
     atomic_write_netcdf(ds, out / SCAN_FILE)
