@@ -85,11 +85,13 @@ def test_scan_nc_holds_each_runs_analysis(scanned):
     assert on_disk.attrs["Conventions"] == "CF-1.10" and on_disk["rl"].attrs["code_units"] == "L_c"
     for k, name in enumerate(on_disk["run"].values):
         a = load_analysis(out / str(name)).isel(t_omega=-1)
-        assert float(on_disk["K_par"][k]) == float(a["K_par"]) and float(on_disk["K_perp_err"][k]) == float(a["K_perp_err"])
+        assert float(on_disk["K_par"][k]) == float(a["K_par"])
+        assert float(on_disk["K_perp_err"][k]) == float(a["K_perp_err"])
         c_hat = a["cl_hat"].values
         ratio = on_disk["shape_ratio"].values[k]
         np.testing.assert_allclose(ratio[:, 2], c_hat[:, 2] / c_hat[:, 1], rtol=1e-12)
-        np.testing.assert_array_equal(on_disk["steady_onset"].values[k], load_analysis(out / str(name))["steady_onset"].values)
+        np.testing.assert_array_equal(on_disk["steady_onset"].values[k],
+                                      load_analysis(out / str(name))["steady_onset"].values)
         config = load_config(out / str(name) / "config.toml")
         assert int(on_disk["n_modes"][k]) == config.turbulence.n_modes
         assert float(on_disk["mode_evaluations"][k]) == 3 * 48 * round(config.integration.t_max / 0.1) * 16
@@ -179,8 +181,8 @@ def test_bad_scan_input_exit_2_one_line_nothing_written(tmp_path, particles, sca
 def test_a_sub_run_of_another_configuration_stops_the_scan_before_any_work(tmp_path):
     """The conflict is at the second rigidity: the first is not computed either."""
     config = _write(tmp_path, SCAN)
-    other = _write(tmp_path, BASE.replace("nside = 2", "nside = 2\nrl = 0.03").replace("dt = 0.1", "dt = 0.1\nt_max = 31"),
-                   "other.toml")
+    other = BASE.replace("nside = 2", "nside = 2\nrl = 0.03").replace("dt = 0.1", "dt = 0.1\nt_max = 31")
+    other = _write(tmp_path, other, "other.toml")
     out = tmp_path / "out"
     assert main(["run", str(other), "--out", str(out / "rl_0.03"), "--quiet"]) == 0
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
