@@ -10,9 +10,11 @@ cross``, 5 settings per rigidity; ``--grid full``, all 9), and reports per setti
 at the last snapshot:
 
 - ``K_par``, ``K_perp`` (``L_c c``) with their standard errors over realisations;
-- ``C_hat_2 / C_hat_1`` (``C_hat_l = <C_l> - N``, eq. 3.1 noise) of each gradient,
-  with an error from the standard errors of ``<C_1>`` and ``<C_2>`` treated as
-  independent (the noise is exact; the correlation of ``C_1`` and ``C_2`` is ignored);
+- ``C_hat_2 / C_hat_1`` and ``C_hat_3 / C_hat_1`` (``C_hat_l = <C_l> - N``, eq. 3.1
+  noise) of each gradient, with an error from the standard errors of ``<C_1>`` and
+  ``<C_l>`` treated as independent (the noise is exact; their correlation is ignored);
+- the BGK exponent of the relative part, ``p_fit_relative`` (the whole shape
+  ``l = 2 .. l_fit`` in one number; error: half its ``delta chi^2 = 1`` interval);
 - the difference from the default setting in units of the combined error (the runs
   of different settings have different fields, so their errors add in quadrature).
 
@@ -54,13 +56,19 @@ def measure(summary: dict) -> dict:
     out = {"t_omega": summary["t_omega"][-1]}
     for name in ("K_par", "K_perp"):
         out[name], out[name + "_err"] = summary[name][-1], summary[name + "_err"][-1]
-    out["ratio_2_1"] = {}
+    out["ratio_2_1"], out["ratio_3_1"], out["p_relative"] = {}, {}, {}
     for gradient, g in summary["gradients"].items():
         cl, err, noise = g["cl"][-1], g["cl_err"][-1], g["noise"][-1]
-        c1, c2 = cl[1] - noise, cl[2] - noise
-        ratio = c2 / c1
-        ratio_err = abs(ratio) * math.hypot(err[2] / c2, err[1] / c1)
-        out["ratio_2_1"][gradient] = {"value": ratio, "err": ratio_err, "p_fit": g["p_fit"], "p_err": g["p_err"]}
+        c1 = cl[1] - noise
+        for ell, key in ((2, "ratio_2_1"), (3, "ratio_3_1")):
+            cl_hat = cl[ell] - noise
+            ratio = cl_hat / c1
+            ratio_err = abs(ratio) * math.hypot(err[ell] / cl_hat, err[1] / c1)
+            out[key][gradient] = {"value": ratio, "err": ratio_err, "p_fit": g["p_fit"], "p_err": g["p_err"]}
+        fit = g["bgk_fit_relative"]
+        half_width = None if fit["p"] is None else 0.5 * (fit["p_hi"] - fit["p_lo"])
+        out["p_relative"][gradient] = {"value": fit["p"], "err": half_width, "clipped_at": fit["clipped_at"],
+                                       "lmax": fit["lmax"]}
     return out
 
 
@@ -107,11 +115,17 @@ def main() -> None:
                 row["z_vs_default"] = {
                     name: z(row[name], row[name + "_err"], reference[name], reference[name + "_err"])
                     for name in ("K_par", "K_perp")}
-                for gradient, r in row["ratio_2_1"].items():
-                    ref = reference["ratio_2_1"][gradient]
-                    row["z_vs_default"][f"ratio_2_1[{gradient}]"] = z(r["value"], r["err"], ref["value"], ref["err"])
+                for key in ("ratio_2_1", "ratio_3_1", "p_relative"):
+                    for gradient, r in row[key].items():
+                        ref = reference[key][gradient]
+                        if r["value"] is not None and ref["value"] is not None:
+                            row["z_vs_default"][f"{key}[{gradient}]"] = z(r["value"], r["err"], ref["value"],
+                                                                          ref["err"])
             rows.append(row)
-            ratios = "  ".join(f"C2/C1[{g}] = {r['value']:.3f} +- {r['err']:.3f}" for g, r in row["ratio_2_1"].items())
+            ratios = "  ".join(f"C{k[6]}/C1[{g}] = {r['value']:.3f} +- {r['err']:.3f}"
+                               for k in ("ratio_2_1", "ratio_3_1") for g, r in row[k].items())
+            ratios += "  " + "  ".join(f"p_rel[{g}] = {r['value']:.3f} +- {r['err']:.3f}"
+                                       for g, r in row["p_relative"].items() if r["value"] is not None)
             zs = "" if row is reference else "  z: " + " ".join(f"{v:+.2f}" for v in row["z_vs_default"].values())
             print(f"rl={rl:<6g} factor={factor:6.2f} per decade={density:5g} ({cfg.turbulence.n_modes} modes, "
                   f"lambda_min={cfg.turbulence.lambda_min:.3g}): K_par = {row['K_par']:.4f} +- {row['K_par_err']:.4f}  "
