@@ -212,7 +212,8 @@ def test_cli_plot_fits_prints_and_stores(analysed_run):
     import hashlib
 
     before = hashlib.sha256((analysed_run / "analysis.nc").read_bytes()).hexdigest()
-    proc = _crsky("plot", analysed_run, "--observed", SYNTHETIC, "--n-cr", "1.5e11", "--f-sky", "0.3")
+    proc = _crsky("plot", analysed_run, "--observed", SYNTHETIC, "--n-cr", "1.5e11", "--f-sky", "0.3",
+                  "--format", "png")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((analysed_run / "figures" / "observed_fit.json").read_text())
     from crsky.observed import format_comparison

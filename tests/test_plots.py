@@ -439,8 +439,9 @@ def test_fig3_fit_band_in_the_legend_and_steady_line_from_the_analysis(run):
 
 
 def test_plot_replaces_its_figure_set_and_lists_the_files(run, tmp_path, capsys):
-    """An earlier --observed call leaves observed_comparison.*; a plain call removes it
-    (and nothing that crsky did not write) and prints exactly the files in the directory."""
+    """An earlier --observed call leaves observed_comparison.* and PDFs; a plain PNG-only
+    call removes them (and nothing that crsky did not write) and prints exactly the files
+    in the directory."""
     import shutil
 
     from crsky.cli import main
@@ -454,11 +455,13 @@ def test_plot_replaces_its_figure_set_and_lists_the_files(run, tmp_path, capsys)
     (figures / "notes.txt").write_text("mine")
     (figures / "my_plot.png").write_bytes(b"mine")
     capsys.readouterr()
-    assert main(["plot", str(copy)]) == 0
+    assert (figures / "fig3_spectrum_shape.pdf").is_file()
+    assert main(["plot", str(copy), "--format", "png"]) == 0
     out = capsys.readouterr().out.splitlines()
     listed = {line.strip() for line in out[1:]}
     on_disk = {p.name for p in figures.iterdir()} - {"notes.txt", "my_plot.png"}
     assert listed == on_disk and f"wrote {len(on_disk)} files" in out[0]
+    assert on_disk and all(name.endswith(".png") for name in on_disk)  # the old PDFs went with the old set
     assert not (figures / "observed_comparison.png").exists() and not (figures / "observed_comparison.pdf").exists()
     assert (figures / "notes.txt").read_text() == "mine" and (figures / "my_plot.png").read_bytes() == b"mine"
 

@@ -107,7 +107,7 @@ def test_plot_repairs_a_missing_summary(tmp_path, capsys):
     run = _run(tmp_path / "run", done=3, expected=3)
     ds, _ = an.analyze(run)
     (run / an.SUMMARY_FILE).unlink()
-    assert main(["plot", str(run)]) == 0
+    assert main(["plot", str(run), "--format", "png"]) == 0
     err = capsys.readouterr().err
     assert "remade it from analysis.nc" in err
     assert json.loads((run / an.SUMMARY_FILE).read_text())["analysis_id"] == ds.attrs["analysis_id"]

@@ -257,8 +257,8 @@ def _cmd_plot(args) -> int:
     noise = _observed_noise(args)
     fit = args.observed is not None and not args.no_fit
     with store.lock(exclusive=False, clean=True):  # no run may write while the figures are drawn
-        paths = make_figures(args.run_dir, observed=args.observed, observed_noise=noise,
-                             fit_observed=fit)  # refuses without a current analysis
+        paths = make_figures(args.run_dir, observed=args.observed, observed_noise=noise, fit_observed=fit,
+                             formats=FIGURE_FORMATS[args.format])  # refuses without a current analysis
         _, regenerated = read_summary(args.run_dir)
     if regenerated:
         print(f"crsky plot: {SUMMARY_FILE} was not the pair of analysis.nc (missing, or of another analysis); "
@@ -477,6 +477,10 @@ def _add_analyze_command(sub) -> None:
     analyze.set_defaults(func=_cmd_analyze)
 
 
+#: ``crsky plot --format``: the matplotlib formats of each choice.
+FIGURE_FORMATS = {"png": ("png",), "pdf": ("pdf",), "both": ("png", "pdf")}
+
+
 def _add_plot_command(sub) -> None:
     plot = sub.add_parser("plot", help="figures of a run (Fig. 2, Fig. 3, sky maps, K(t), gyrotropy, angle to B0)",
                           description="Write PNG and PDF figures to RUN_DIR/figures/ from RUN_DIR/analysis.nc "
@@ -494,7 +498,10 @@ def _add_plot_command(sub) -> None:
     plot.add_argument("--f-sky", type=float, metavar="F",
                       help="effective sky fraction in (0, 1] holding the N_CR events (with --n-cr)")
     plot.add_argument("--no-fit", action="store_true",
-                      help="draw the observed spectrum without fitting it (no errors needed)")
+                      help="draw the observed spectrum without fitting it (its error column may then be 0)")
+    plot.add_argument("--format", choices=sorted(FIGURE_FORMATS), default="both",
+                      help="file formats of the figures: png, pdf or both (default); figures of the other "
+                      "format left from an earlier call are removed with the rest of the old set")
     plot.set_defaults(func=_cmd_plot)
 
 
