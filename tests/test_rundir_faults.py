@@ -438,6 +438,14 @@ def test_file_size_limit_during_run_is_one_line_and_records_nothing_incomplete(t
 
 
 def test_file_size_limit_during_analyze_leaves_no_analysis(run):
+    # The limit is for the analysis' outputs: numba's on-disk cache of the analysis'
+    # field code is written first (by an unlimited analysis of a copy), as after any
+    # first analysis on a machine; a parallel test worker may not have written it yet.
+    import shutil
+
+    warm = run.parent / "warm"
+    shutil.copytree(run, warm)
+    subprocess.run([*CLI, "analyze", str(warm)], check=True, capture_output=True, timeout=300)
     result = subprocess.run([*CLI, "analyze", str(run), "--json"], capture_output=True, text=True,
                             preexec_fn=_limit_file_size(16384), timeout=300)
     assert result.returncode == 1
