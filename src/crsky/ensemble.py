@@ -38,6 +38,7 @@ import _thread
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import platform
 import signal
@@ -292,6 +293,11 @@ def _dask_executor(client):
     try:
         yield executor
     except BaseException:
+        # The run is stopping on purpose (a signal or an error that is reported once): the
+        # cancelled futures' own accounts (distributed's "Couldn't gather" and tornado's
+        # FutureCancelledError traceback of the executor's callbacks) would only bury it.
+        for name in ("distributed", "tornado.application"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         executor.shutdown(wait=False)  # cancels what the scheduler has not finished
         raise
     executor.shutdown(wait=True)
