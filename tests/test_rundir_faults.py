@@ -437,6 +437,18 @@ def test_file_size_limit_during_run_is_one_line_and_records_nothing_incomplete(t
     assert RunStore.existing(out).completed() == [0, 1, 2, 3]
 
 
+def test_full_numba_cache_is_named_not_a_bare_errno(run, tmp_path):
+    """An empty numba cache directory under a 16 KiB file size limit: numba's save of the
+    analysis' compiled field code fails first; the one line says so and what to do."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}
+    result = subprocess.run([*CLI, "analyze", str(run), "--json"], capture_output=True, text=True, env=env,
+                            preexec_fn=_limit_file_size(16384), timeout=300)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert "numba could not write its cache of compiled kernels" in line and "NUMBA_CACHE_DIR" in line, line
+    assert not (run / "analysis.nc").exists() and not list(run.glob("*.tmp"))
+
+
 def test_file_size_limit_during_analyze_leaves_no_analysis(run):
     # The limit is for the analysis' outputs: numba's on-disk cache of the analysis'
     # field code is written first (by an unlimited analysis of a copy), as after any

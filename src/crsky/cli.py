@@ -658,10 +658,25 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno in _BAD_PATH_ERRNOS:
             return _report(f"crsky: error: cannot use path {exc.filename}: {exc.strerror}", 2, debug)
+        if _from_numba_cache(exc):
+            return _report(f"crsky: failed: numba could not write its cache of compiled kernels ({exc.strerror}); "
+                           "free space where crsky is installed, or set NUMBA_CACHE_DIR to a writable directory "
+                           "with space", 1, debug)
         return _report(f"crsky: failed: {exc}" + ("" if debug else " (--debug for the traceback)"), 1, debug)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         return _report(f"crsky: failed: {type(exc).__name__}: {exc}"
                        + ("" if debug else " (--debug for the traceback)"), 1, debug)
+
+
+def _from_numba_cache(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while numba saved a compiled kernel to its on-disk cache
+    (a full disk or a file size limit there names no file of crsky's)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("numba/core/caching.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _report(message: str, code: int, debug: bool) -> int:
