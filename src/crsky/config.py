@@ -1127,13 +1127,7 @@ def load_analysis_gradients(path: str | Path) -> dict[str, tuple[float, ...]] | 
     ConfigError
         A missing, unreadable or malformed file, or a bad ``[analysis]`` table.
     """
-    path = Path(path)
-    text = _read_config_text(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
-    return analysis_gradients(data.get(ANALYSIS_TABLE), origin=str(path))
+    return analysis_gradients(read_config_tables(path).get(ANALYSIS_TABLE), origin=str(path))
 
 
 def _read_config_text(path: Path) -> str:
